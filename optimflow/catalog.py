@@ -1,0 +1,143 @@
+"""The catalog: one entry per public method.
+
+The conformance suite, the CLI, the benchmarks and the README's method table
+all read this list, so a new method is tested, benchmarked and documented by
+adding one entry here.
+
+Examples:
+  >>> import optimflow
+  >>> entry = optimflow.catalog.get('lion')
+  >>> entry.family, entry.kind
+  ('sign_momentum', 'transformation')
+  >>> tx = entry.build(learning_rate=1e-4)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal, Mapping
+
+import optax
+
+from optimflow import sign_momentum
+
+Kind = Literal['transformation', 'extra_args', 'solver']
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A public method and what tests, CLI and benchmarks need to know of it.
+
+  Attributes:
+    name: public name, ``optimflow.<name>``.
+    factory: the alias returning the transformation.
+    family: the module / family it belongs to.
+    paper: paper title, first author(s) and year.
+    url: link to the paper (arXiv).
+    summary: one line for tables.
+    defaults: keyword arguments for training a small network (CLI, examples).
+    test_kwargs: keyword arguments for the conformance problems (parabola,
+      Rosenbrock: 2-D, float32, 10k steps).
+    kind: ``'transformation'``, ``'extra_args'`` (needs keyword arguments such
+      as ``grad_fn`` at update) or ``'solver'``.
+    needs: names of the extra keyword arguments ``update`` requires.
+    static_args: arguments ``optax.inject_hyperparams`` must treat as static.
+    variants: extra keyword-argument sets the conformance suite also covers.
+    optax_equivalent: name of the nearest optax optimizer (benchmarks).
+  """
+
+  name: str
+  factory: Callable[..., optax.GradientTransformation]
+  family: str
+  paper: str
+  url: str
+  summary: str
+  defaults: Mapping[str, Any]
+  test_kwargs: Mapping[str, Any]
+  kind: Kind = 'transformation'
+  needs: tuple[str, ...] = ()
+  static_args: tuple[str, ...] = ()
+  variants: tuple[Mapping[str, Any], ...] = ()
+  optax_equivalent: str | None = None
+
+  def build(self, **overrides: Any) -> optax.GradientTransformation:
+    """The transformation with ``defaults`` updated by ``overrides``."""
+    return self.factory(**{**self.defaults, **overrides})
+
+
+_LION_PAPER = (
+    'Symbolic Discovery of Optimization Algorithms (Chen et al., 2023)',
+    'https://arxiv.org/abs/2302.06675',
+)
+_LION_KAPPA_PAPER = (
+    'Lion Secretly Solves Constrained Optimization: As Lyapunov Predicts '
+    '(Chen, Liu, Liang, Liu, 2023)',
+    'https://arxiv.org/abs/2310.05898',
+)
+
+METHODS: tuple[Method, ...] = (
+    Method(
+        name='lion',
+        factory=sign_momentum.lion,
+        family='sign_momentum',
+        paper=_LION_PAPER[0],
+        url=_LION_PAPER[1],
+        summary='sign of interpolated momentum; half of AdamW state',
+        defaults=dict(learning_rate=3e-4, weight_decay=1e-2),
+        test_kwargs=dict(learning_rate=1e-2, weight_decay=1e-4),
+        optax_equivalent='lion',
+    ),
+    Method(
+        name='lion_kappa',
+        factory=sign_momentum.lion_kappa,
+        family='sign_momentum',
+        paper=_LION_KAPPA_PAPER[0],
+        url=_LION_KAPPA_PAPER[1],
+        summary='Lion with any convex kappa: decay becomes a kappa* constraint',
+        defaults=dict(learning_rate=3e-4, kappa=('huber', 0.1),
+                      weight_decay=1e-2),
+        test_kwargs=dict(learning_rate=1e-2, kappa=('huber', 0.1),
+                         weight_decay=1e-4),
+        static_args=('kappa',),
+        variants=(
+            dict(kappa='sign', implicit_decay=True),
+            dict(kappa='l2'),
+            dict(kappa=('lp', 3.0)),
+            dict(kappa='quadratic'),
+            dict(kappa=('dead_zone', 1e-3)),
+            dict(kappa=('relativistic', 0.1)),
+        ),
+        optax_equivalent='lion',
+    ),
+)
+
+_BY_NAME = {m.name: m for m in METHODS}
+
+
+def names() -> list[str]:
+  """Names of all catalog entries, in catalog order."""
+  return [m.name for m in METHODS]
+
+
+def get(name: str) -> Method:
+  """The entry called ``name``; ``KeyError`` lists the valid names."""
+  try:
+    return _BY_NAME[name]
+  except KeyError:
+    raise KeyError(
+        f'unknown method {name!r}; catalog methods: {", ".join(names())}'
+    ) from None
+
+
+def markdown_table() -> str:
+  """The README's method table, generated from the catalog."""
+  rows = [
+      '| method | family | what it does | paper |',
+      '|---|---|---|---|',
+  ]
+  for m in METHODS:
+    rows.append(
+        f'| `optimflow.{m.name}` | {m.family} | {m.summary} | '
+        f'[{m.paper}]({m.url}) |'
+    )
+  return '\n'.join(rows)

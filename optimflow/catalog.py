@@ -96,7 +96,7 @@ METHODS: tuple[Method, ...] = (
         summary='Lion with any convex kappa: decay becomes a kappa* constraint',
         defaults=dict(learning_rate=3e-4, kappa=('huber', 0.1),
                       weight_decay=1e-2),
-        test_kwargs=dict(learning_rate=1e-2, kappa=('huber', 0.1),
+        test_kwargs=dict(learning_rate=1e-2, kappa=('huber', 1e-3),
                          weight_decay=1e-4),
         static_args=('kappa',),
         variants=(

@@ -54,17 +54,23 @@ def _unit_scale(y: jax.Array, norm_fn: Callable[[jax.Array], jax.Array]):
   return jnp.where(n > 0, y / jnp.where(n > 0, n, 1), 0)
 
 
+def _normalize(y: jax.Array, p: float) -> jax.Array:
+  """``y / ||y||_p`` in at least float32; zero for zero, no overflow."""
+  y = y.astype(jnp.promote_types(y.dtype, jnp.float32))
+  # Rescale by max|y| first so that |y|^p neither overflows nor underflows.
+  z = _unit_scale(y, lambda v: jnp.max(jnp.abs(v), initial=0.0))
+  if p == 2.0:
+    return _unit_scale(z, lambda v: jnp.sqrt(jnp.sum(v * v)))
+  return _unit_scale(z, lambda v: jnp.sum(jnp.abs(v) ** p) ** (1.0 / p))
+
+
 def _l2_direction(y: jax.Array) -> jax.Array:
-  y32 = y.astype(jnp.promote_types(y.dtype, jnp.float32))
-  return _unit_scale(y32, lambda z: jnp.sqrt(jnp.sum(z * z))).astype(y.dtype)
+  return _normalize(y, 2.0).astype(y.dtype)
 
 
 def _lp_direction(p: float) -> KappaGrad:
   def grad(y: jax.Array) -> jax.Array:
-    y32 = y.astype(jnp.promote_types(y.dtype, jnp.float32))
-    # Rescale by max|y| first so that |y|^p neither overflows nor underflows.
-    z = _unit_scale(y32, lambda v: jnp.max(jnp.abs(v), initial=0.0))
-    z = _unit_scale(z, lambda v: jnp.sum(jnp.abs(v) ** p) ** (1.0 / p))
+    z = _normalize(y, p)
     return (jnp.sign(z) * jnp.abs(z) ** (p - 1.0)).astype(y.dtype)
 
   return grad

@@ -1,0 +1,245 @@
+"""Step time and optimizer-state memory, optimflow against optax and peers.
+
+Every case is timed in the same run, on the same parameter tree, with the
+same protocol: the jitted ``update`` (state donated, as in a training loop)
+is warmed up, then all cases are called round-robin ``--reps`` times with
+``block_until_ready`` (so load drift on a shared machine hits all alike); the
+table reports the median, the ratio to the case's baseline and the state
+bytes. PyTorch peers, when installed, run ``optimizer.step()`` on tensors of
+the same shapes (torch layout).
+
+    python benchmarks/step_time.py                       # every case
+    python benchmarks/step_time.py --cases lion,optax.lion --reps 20
+    python benchmarks/step_time.py --tree transformer-noembed --json out.json
+
+Cases are registered in ``CASES`` (JAX) and ``TORCH_CASES`` (PyTorch) below;
+a family adds its rows there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optimflow
+
+# ---------------------------------------------------------------------------
+# Parameter trees (Flax layout: Dense kernels are (in, out)).
+
+
+def transformer_tree(
+    blocks: int = 6,
+    d: int = 512,
+    ff: int = 2048,
+    vocab: int = 8192,
+    embedding: bool = True,
+    dtype: Any = jnp.float32,
+) -> dict[str, Any]:
+  """A GPT-shaped tree: ~23M parameters with the 8192x512 embedding."""
+  key = iter(jax.random.split(jax.random.key(0), 16 * blocks + 4))
+  dense = lambda i, o, bias=True: {
+      'kernel': jax.random.normal(next(key), (i, o), dtype) / np.sqrt(i),
+      **({'bias': jnp.zeros((o,), dtype)} if bias else {}),
+  }
+  norm = lambda: {'scale': jnp.ones((d,), dtype), 'bias': jnp.zeros((d,), dtype)}
+  tree: dict[str, Any] = {}
+  if embedding:
+    tree['embed'] = {
+        'embedding': jax.random.normal(next(key), (vocab, d), dtype) * 0.02
+    }
+  for b in range(blocks):
+    tree[f'block_{b}'] = {
+        'ln1': norm(),
+        'attn': {n: dense(d, d, bias=False)
+                 for n in ('query', 'key', 'value', 'out')},
+        'ln2': norm(),
+        'mlp': {'up': dense(d, ff), 'down': dense(ff, d)},
+    }
+  tree['ln_f'] = norm()
+  return tree
+
+
+TREES: dict[str, Callable[[], dict[str, Any]]] = {
+    'transformer': transformer_tree,
+    'transformer-noembed': lambda: transformer_tree(embedding=False),
+}
+
+
+def tree_bytes(tree: Any) -> int:
+  """Bytes held by the array leaves of ``tree``."""
+  return int(sum(np.asarray(x).nbytes if not hasattr(x, 'nbytes') else x.nbytes
+                 for x in jax.tree.leaves(tree)))
+
+
+# ---------------------------------------------------------------------------
+# Cases.
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """A timed optimizer. ``baseline`` names the case its ratio is taken to."""
+
+  build: Callable[[], Any]
+  baseline: Optional[str] = None
+  note: str = ''
+
+
+LR = 1e-3
+CASES: dict[str, Case] = {
+    'optax.lion': Case(lambda: optax.lion(LR, weight_decay=1e-2)),
+    'lion': Case(lambda: optimflow.lion(LR, weight_decay=1e-2),
+                 baseline='optax.lion'),
+    'lion_kappa(l2)': Case(
+        lambda: optimflow.lion_kappa(LR, kappa='l2', weight_decay=1e-2),
+        baseline='optax.lion'),
+    'lion_kappa(huber)': Case(
+        lambda: optimflow.lion_kappa(LR, kappa=('huber', 0.1),
+                                     weight_decay=1e-2),
+        baseline='optax.lion'),
+    'optax.adamw': Case(lambda: optax.adamw(LR, weight_decay=1e-2)),
+    'optax.sgd_momentum': Case(lambda: optax.sgd(LR, momentum=0.9)),
+}
+
+# PyTorch peers: name -> Case whose build(params) returns a torch optimizer.
+TORCH_CASES: dict[str, Case] = {}
+
+
+def _register_torch_cases() -> None:
+  try:
+    import lion_pytorch  # noqa: F401
+  except ImportError:
+    return
+  TORCH_CASES['torch:lion_pytorch.Lion'] = Case(
+      lambda ps: lion_pytorch.Lion(ps, lr=LR, weight_decay=1e-2),
+      baseline='optax.lion')
+
+
+_register_torch_cases()
+
+
+# ---------------------------------------------------------------------------
+# Timing.
+
+
+def jax_stepper(case: Case, params: Any) -> tuple[Callable[[], None], int]:
+  """One jitted update (state donated) as a closure, and the state bytes."""
+  tx = case.build()
+  grads = jax.tree.map(
+      lambda x: jax.random.normal(jax.random.key(1), x.shape, x.dtype) * 1e-2,
+      params)
+  box = {'state': tx.init(params)}
+  update = jax.jit(tx.update, donate_argnums=(1,))
+
+  def step():
+    updates, box['state'] = update(grads, box['state'], params)
+    jax.block_until_ready(updates)
+
+  return step, tree_bytes(box['state'])
+
+
+def torch_stepper(case: Case, params: Any) -> tuple[Callable[[], None], int]:
+  """``optimizer.step()`` on same-shaped torch tensors (torch layout)."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  torch.manual_seed(0)
+  tensors = []
+  for x in jax.tree.leaves(params):
+    t = torch.nn.Parameter(torch.from_numpy(np.asarray(x).T.copy()))
+    t.grad = torch.randn_like(t) * 1e-2
+    tensors.append(t)
+  opt = case.build(tensors)
+  opt.step()  # creates the state
+  state_bytes = sum(v.nbytes for s in opt.state.values() for v in s.values()
+                    if isinstance(v, torch.Tensor))
+  return opt.step, int(state_bytes)
+
+
+def run(names: list[str], tree: str, reps: int,
+        warmup: int = 2) -> list[dict[str, Any]]:
+  """Times the cases interleaved (round-robin), so load drift hits all alike."""
+  params = TREES[tree]()
+  cases, steppers, nbytes = {}, {}, {}
+  for name in names:
+    if name in CASES:
+      cases[name] = CASES[name]
+      steppers[name], nbytes[name] = jax_stepper(CASES[name], params)
+    else:
+      cases[name] = TORCH_CASES[name]
+      steppers[name], nbytes[name] = torch_stepper(TORCH_CASES[name], params)
+    for _ in range(warmup):
+      steppers[name]()
+  times: dict[str, list[float]] = {n: [] for n in names}
+  for _ in range(reps):
+    for name in names:
+      t0 = time.perf_counter()
+      steppers[name]()
+      times[name].append(time.perf_counter() - t0)
+  rows = [
+      dict(case=n, tree=tree, median_ms=1e3 * statistics.median(times[n]),
+           state_bytes=nbytes[n], baseline=cases[n].baseline,
+           note=cases[n].note)
+      for n in names
+  ]
+  by_name = {r['case']: r for r in rows}
+  for r in rows:
+    base = by_name.get(r['baseline'])
+    r['ratio'] = r['median_ms'] / base['median_ms'] if base else None
+  return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+  lines = [
+      '| case | median ms | vs baseline | baseline | state MB |',
+      '|---|---:|---:|---|---:|',
+  ]
+  for r in rows:
+    ratio = f"{r['ratio']:.2f}x" if r['ratio'] is not None else ''
+    lines.append(
+        f"| {r['case']} | {r['median_ms']:.1f} | {ratio} | "
+        f"{r['baseline'] or ''} | {r['state_bytes'] / 2**20:.1f} |"
+    )
+  return '\n'.join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--cases', default='all',
+                      help='comma-separated case names, or "all"')
+  parser.add_argument('--tree', default='transformer', choices=sorted(TREES))
+  parser.add_argument('--reps', type=int, default=10)
+  parser.add_argument('--json', default=None, help='write rows as JSON here')
+  args = parser.parse_args(argv)
+  known = list(CASES) + list(TORCH_CASES)
+  names = known if args.cases == 'all' else args.cases.split(',')
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    parser.error(f'unknown case(s) {unknown}; known: {", ".join(known)}')
+  # Baselines are timed in the same run so ratios compare like with like.
+  for n in list(names):
+    base = (CASES.get(n) or TORCH_CASES.get(n)).baseline
+    if base and base not in names:
+      names.insert(0, base)
+  n_params = sum(x.size for x in jax.tree.leaves(TREES[args.tree]()))
+  print(f'tree={args.tree} ({n_params / 1e6:.1f}M params), '
+        f'backend={jax.default_backend()}, devices={jax.device_count()}, '
+        f'reps={args.reps}', file=sys.stderr)
+  rows = run(names, args.tree, args.reps)
+  print(format_table(rows))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(rows, f, indent=2)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

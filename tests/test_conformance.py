@@ -215,10 +215,12 @@ def test_inject_hyperparams(entry, variant):
   )(**kwargs)
   plain = _steps(tx, params, loss, entry, 3)
   injected = _steps(wrapped, params, loss, entry, 3)
+  # Injected hyperparameters are float32 arrays: b2 = 0.999 becomes
+  # 0.99900001, which moves 1 - b2 by 1.3e-5 relative; hence rtol 1e-4.
   for (u1, _), (u2, _) in zip(plain, injected):
-    chex.assert_trees_all_close(u1, u2, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(u1, u2, rtol=1e-4, atol=1e-7)
   chex.assert_trees_all_close(
-      plain[-1][1], injected[-1][1].inner_state, rtol=1e-5, atol=1e-7
+      plain[-1][1], injected[-1][1].inner_state, rtol=1e-4, atol=1e-7
   )
 
 

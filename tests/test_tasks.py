@@ -122,7 +122,14 @@ def _run(data, seed=0, tx=None, steps=40, **kwargs):
 
 
 def test_fit_decreases_loss_and_records(data):
-  hist = _run(data, eval_every=10)
+  calls = []
+
+  def eval_fn(model):
+    calls.append(model.head.kernel.shape)
+    return {'head_norm': jnp.linalg.norm(model.head.kernel[...])}
+
+  hist = _run(data, eval_every=10, eval_fn=eval_fn)
+  assert calls == [(64, 10)] * 4 and len(hist.eval_extra['head_norm']) == 4
   assert hist.train_loss[:5].mean() > 2 * hist.train_loss[-5:].mean()
   assert hist.final['test_accuracy'] > 0.8
   np.testing.assert_array_equal(hist.eval_steps, [10, 20, 30, 40])
@@ -199,3 +206,11 @@ def test_fit_rejects_bad_arguments(data, kwargs, match):
   model = tasks.MLP((8,), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=match):
     tasks.fit(model, optax.sgd(0.1), data, progress=False, **kwargs)
+
+
+def test_format_table_aligns_columns():
+  text = tasks.format_table([{'a': 'xyz', 'b': 1.23456}, {'a': 'q', 'b': 2}])
+  lines = text.splitlines()
+  assert lines[0] == 'a    b' and lines[1] == '---  -----'
+  assert lines[2] == 'xyz  1.235' and lines[3] == 'q    2'
+  assert tasks.format_table([]) == ''

@@ -22,6 +22,7 @@ from optimflow.tasks.training import History
 from optimflow.tasks.training import batches
 from optimflow.tasks.training import evaluate
 from optimflow.tasks.training import fit
+from optimflow.tasks.training import format_table
 from optimflow.tasks.training import grad_fn_builder
 from optimflow.tasks.training import optimizer_state_bytes
 from optimflow.tasks.training import params_grad_fn

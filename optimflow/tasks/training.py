@@ -152,6 +152,8 @@ class History:
     opt_state_bytes: bytes of the optax state.
     grad_evals_per_step: gradient evaluations per step (1, 2 for SAM).
     final: full-train-set and test-set loss and accuracy after training.
+    eval_extra: values returned by ``fit``'s ``eval_fn`` at ``eval_steps``,
+      one list per key.
   """
 
   steps: np.ndarray
@@ -163,6 +165,7 @@ class History:
   opt_state_bytes: int
   grad_evals_per_step: int
   final: dict[str, float]
+  eval_extra: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
   @property
   def compile_time_s(self) -> float:
@@ -198,6 +201,7 @@ class History:
         opt_state_bytes=self.opt_state_bytes,
         grad_evals_per_step=self.grad_evals_per_step,
         final=dict(self.final),
+        eval_extra={k: list(v) for k, v in self.eval_extra.items()},
     )
 
 
@@ -265,6 +269,7 @@ def fit(
     grad_fn_builder: Optional[GradFnBuilder] = None,
     loss: LossFn = digits.loss_fn,
     grad_evals_per_step: Optional[int] = None,
+    eval_fn: Optional[Callable[[nnx.Module], dict[str, float]]] = None,
 ) -> History:
   """Trains ``model`` in place with ``tx`` and returns its :class:`History`.
 
@@ -290,6 +295,8 @@ def fit(
     loss: ``loss(model, x, y) -> scalar``.
     grad_evals_per_step: override the count of gradient evaluations per step;
       by default 1 plus the number of ``grad_fn`` calls traced in one step.
+    eval_fn: called with the model at each evaluation point; the floats it
+      returns are recorded in ``History.eval_extra`` (e.g. a weight norm).
 
   Returns:
     A :class:`History`.
@@ -328,6 +335,7 @@ def fit(
   losses = np.zeros(steps, np.float64)
   times = np.zeros(steps, np.float64)
   eval_steps, test_loss, test_acc = [], [], []
+  extra: dict[str, list[float]] = {}
   bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False,
              mininterval=0.25)
   for i, idx in enumerate(batches(n, batch_size, steps, seed)):
@@ -342,6 +350,8 @@ def fit(
       eval_steps.append(step)
       test_loss.append(metrics['loss'])
       test_acc.append(metrics['accuracy'])
+      for key, val in (eval_fn(model) if eval_fn else {}).items():
+        extra.setdefault(key, []).append(float(val))
     if progress and (step % 10 == 0 or step == steps):
       postfix = {'loss': f'{value:.4f}'}
       if test_acc:
@@ -369,4 +379,40 @@ def fit(
       opt_state_bytes=optimizer_state_bytes(optimizer),
       grad_evals_per_step=grad_evals_per_step,
       final=final,
+      eval_extra=extra,
   )
+
+
+def format_table(rows: list[dict[str, Any]], floatfmt: str = '.4g') -> str:
+  """A plain-text table: one column per key of the first row.
+
+  Args:
+    rows: one dict per row, same keys.
+    floatfmt: format of float cells.
+
+  Returns:
+    The table as a string (header, rule, rows).
+
+  Examples:
+    >>> from optimflow.tasks import format_table
+    >>> print(format_table([{'method': 'lion', 'acc': 0.97512},
+    ...                     {'method': 'adamw', 'acc': 0.9}]))
+    method  acc
+    ------  ------
+    lion    0.9751
+    adamw   0.9
+  """
+  if not rows:
+    return ''
+  keys = list(rows[0])
+
+  def cell(v):
+    return format(v, floatfmt) if isinstance(v, float) else str(v)
+
+  cells = [[cell(r[k]) for k in keys] for r in rows]
+  widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+  lines = ['  '.join(k.ljust(w) for k, w in zip(keys, widths)).rstrip(),
+           '  '.join('-' * w for w in widths)]
+  lines += ['  '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+            for row in cells]
+  return '\n'.join(lines)

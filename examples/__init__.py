@@ -1,0 +1,45 @@
+"""Runnable examples, one per paper; importable from the repository root.
+
+Each module keeps its logic in functions (the notebooks import them) and has a
+``main`` with ``--smoke`` (or ``OPTIMFLOW_SMOKE=1``) and ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def smoke_from_env() -> bool:
+  """True when ``OPTIMFLOW_SMOKE`` is set to a non-empty value."""
+  return bool(os.environ.get('OPTIMFLOW_SMOKE'))
+
+
+def parse_args(name: str, description: str,
+               argv: Optional[Sequence[str]] = None,
+               parser: Optional[argparse.ArgumentParser] = None
+               ) -> argparse.Namespace:
+  """Parses ``--smoke`` and ``--output`` (default ``runs/<name>``).
+
+  Args:
+    name: the example's name (output folder).
+    description: the ``--help`` text.
+    argv: arguments; ``sys.argv[1:]`` by default.
+    parser: a parser with example-specific options to extend.
+
+  Returns:
+    The namespace; ``smoke`` is also true when ``OPTIMFLOW_SMOKE`` is set, and
+    ``output`` is a created :class:`Path`.
+  """
+  parser = parser or argparse.ArgumentParser(description=description)
+  parser.add_argument('--smoke', action='store_true',
+                      help='tiny run that finishes in seconds '
+                           '(also: OPTIMFLOW_SMOKE=1)')
+  parser.add_argument('--output', type=Path, default=Path('runs') / name,
+                      help='folder for the figure and results')
+  args = parser.parse_args(argv)
+  args.smoke = args.smoke or smoke_from_env()
+  args.output.mkdir(parents=True, exist_ok=True)
+  return args

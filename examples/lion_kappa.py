@@ -56,6 +56,10 @@ import optimflow
 from optimflow import tasks
 from optimflow.sign_momentum import KappaSpec
 
+# Steps of part (b): full run and smoke run.
+FULL_STEPS = 1500
+SMOKE_STEPS = 40
+
 # The kappa variants of the constraint demo.
 KAPPAS: dict[str, KappaSpec] = {
     'sign': 'sign',
@@ -233,9 +237,10 @@ def digits_methods(weight_decay: float = 3.5) -> tuple[DigitsMethod, ...]:
   """AdamW, Lion and two Lion-kappa variants for the digits MLP.
 
   AdamW (lr 3e-3), Lion and Huber-kappa (lr 1e-3, 3x smaller as the Lion
-  authors advise) share ``weight_decay``, so their box is the same; the default 3.5 puts the box (radius 0.286) just outside the MLP's
-  initial weights (truncated LeCun normal, max 0.284), so the box constraint
-  holds from the start and becomes active during training. The ``'l2'``
+  authors advise) share ``weight_decay``, so their box is the same; the
+  default 3.5 puts the box (radius 0.286) just outside the MLP's initial
+  weights (truncated LeCun normal, max 0.284), so the box constraint holds
+  from the start and becomes active during training. The ``'l2'``
   kappa bounds each leaf's Frobenius norm by ``1/lambda``, a far smaller set
   at the same lambda, so it gets ``lambda = 0.08`` (radius 12.5, just above
   the initial norms) and a learning rate matched to its unit-norm per-leaf
@@ -273,8 +278,8 @@ class DigitsDemo:
   methods: tuple[DigitsMethod, ...]
 
 
-def digits_demo(steps: int = 1500, weight_decay: float = 3.5, seed: int = 0,
-                progress: bool = True) -> DigitsDemo:
+def digits_demo(steps: int = FULL_STEPS, weight_decay: float = 3.5,
+                seed: int = 0, progress: bool = True) -> DigitsDemo:
   """Part (b): train the digits MLP with each of :func:`digits_methods`.
 
   Args:
@@ -322,14 +327,10 @@ def digits_demo(steps: int = 1500, weight_decay: float = 3.5, seed: int = 0,
   return DigitsDemo(rows, histories, methods)
 
 
-def plot(demo: ConstraintDemo, digits: DigitsDemo, path: Path) -> None:
-  """Saves the 2-D projection and the accuracy / max|w| curves to ``path``."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
+def plot_constraint_demo(ax, demo: ConstraintDemo) -> None:
+  """Draws part (a) on ``ax``: 2-D paths, the box, the closed forms (x)."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-  ax = axes[0]
   r = 1.0 / demo.weight_decay
   ax.add_patch(plt.Rectangle((-r, -r), 2 * r, 2 * r, fill=False, ls='--',
                              color='gray', label='box |x| <= 1/lambda'))
@@ -345,23 +346,45 @@ def plot(demo: ConstraintDemo, digits: DigitsDemo, path: Path) -> None:
   ax.legend(fontsize=7, loc='upper left')
   ax.set_aspect('equal')
 
+
+def plot_digits(ax_acc, ax_w, digits: DigitsDemo) -> None:
+  """Draws part (b): test accuracy on ``ax_acc``, max|w| on ``ax_w``."""
   for m in digits.methods:
     hist = digits.histories[m.name]
-    axes[1].plot(hist.eval_steps, hist.test_accuracy, label=m.name)
+    ax_acc.plot(hist.eval_steps, hist.test_accuracy, label=m.name)
     if m.constraint != 'ball':  # the l2 ball bounds norms, not max|w|
-      axes[2].plot(hist.eval_steps, hist.eval_extra['max_abs_w'],
-                   label=f'{m.name} (lambda={m.weight_decay:g})')
+      ax_w.plot(hist.eval_steps, hist.eval_extra['max_abs_w'],
+                label=f'{m.name} (lambda={m.weight_decay:g})')
   lam = digits.methods[0].weight_decay
-  axes[2].axhline(1.0 / lam, color='gray', ls='--',
-                  label=f'1/lambda, lambda={lam:g}')
-  axes[1].set_title('(b) digits MLP: test accuracy')
-  axes[1].set_xlabel('step')
-  axes[1].set_ylim(0, 1)
-  axes[1].legend(fontsize=8)
-  axes[2].set_title('(b) max |w| (box methods and AdamW)')
-  axes[2].set_xlabel('step')
-  axes[2].legend(fontsize=8)
+  ax_w.axhline(1.0 / lam, color='gray', ls='--',
+               label=f'1/lambda, lambda={lam:g}')
+  ax_acc.set_title('(b) digits MLP: test accuracy')
+  ax_acc.set_xlabel('step')
+  ax_acc.set_ylim(0, 1)
+  ax_acc.legend(fontsize=8)
+  ax_w.set_title('(b) max |w| (box methods and AdamW)')
+  ax_w.set_xlabel('step')
+  ax_w.legend(fontsize=8)
+
+
+def make_figure(demo: ConstraintDemo, digits: DigitsDemo):
+  """The three-panel figure of both parts."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+  plot_constraint_demo(axes[0], demo)
+  plot_digits(axes[1], axes[2], digits)
   fig.tight_layout()
+  return fig
+
+
+def plot(demo: ConstraintDemo, digits: DigitsDemo, path: Path) -> None:
+  """Saves :func:`make_figure` to ``path`` (Agg backend, for scripts)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig = make_figure(demo, digits)
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
@@ -377,7 +400,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   print(tasks.format_table(demo.rows))
   print(f'entry phase (x0 = 3, constant eta): max_t ||x_t||_inf - bound_t = '
         f'{demo.entry_violation:.3g}')
-  steps = 40 if args.smoke else 1500
+  steps = SMOKE_STEPS if args.smoke else FULL_STEPS
   digits = digits_demo(steps=steps)
   print(f'\n(b) digits MLP, {steps} steps')
   print(tasks.format_table(digits.rows))

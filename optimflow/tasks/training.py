@@ -116,7 +116,10 @@ def set_grad_fn_factory(factory: Callable[[LossFn], GradFnBuilder]) -> None:
 
 
 def grad_fn_builder(loss: LossFn = digits.loss_fn) -> GradFnBuilder:
-  """The installed grad_fn builder for ``loss`` (default :func:`params_grad_fn`)."""
+  """The installed grad_fn builder for ``loss``.
+
+  :func:`params_grad_fn` unless :func:`set_grad_fn_factory` installed another.
+  """
   return _GRAD_FN_FACTORY[0](loss)
 
 
@@ -241,7 +244,8 @@ def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray, *,
   model.eval()
   total_loss = total_acc = 0.0
   for start in range(0, len(y), chunk):
-    xb, yb = jnp.asarray(x[start:start + chunk]), jnp.asarray(y[start:start + chunk])
+    xb = jnp.asarray(x[start:start + chunk])
+    yb = jnp.asarray(y[start:start + chunk])
     l, a = _eval_step(model, xb, yb, loss)
     total_loss += float(l) * len(yb)
     total_acc += float(a) * len(yb)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -418,4 +419,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 
 if __name__ == '__main__':
+  # Run as a file (python examples/lion_kappa.py): make `examples` importable.
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
   main()

@@ -7,6 +7,17 @@ Every method is an ``optax.GradientTransformation`` (or
 """
 
 from optimflow import catalog
+from optimflow.sharpness import OutputBank
+from optimflow.sharpness import ParamEMAState
+from optimflow.sharpness import asam
+from optimflow.sharpness import asam_sgd
+from optimflow.sharpness import param_ema
+from optimflow.sharpness import saf_schedule
+from optimflow.sharpness import sam
+from optimflow.sharpness import sam_gradient
+from optimflow.sharpness import sam_perturbation
+from optimflow.sharpness import sam_sgd
+from optimflow.sharpness import trajectory_kl
 from optimflow.sign_momentum import KappaSpec
 from optimflow.sign_momentum import ScaleByImplicitDecayState
 from optimflow.sign_momentum import ScaleByLionKappaState
@@ -20,12 +31,23 @@ __version__ = '0.1.0'
 
 __all__ = (
     'KappaSpec',
+    'OutputBank',
+    'ParamEMAState',
     'ScaleByImplicitDecayState',
     'ScaleByLionKappaState',
+    'asam',
+    'asam_sgd',
     'catalog',
     'kappa_gradient',
     'lion',
     'lion_kappa',
+    'param_ema',
+    'saf_schedule',
+    'sam',
+    'sam_gradient',
+    'sam_perturbation',
+    'sam_sgd',
     'scale_by_implicit_decay',
     'scale_by_lion_kappa',
+    'trajectory_kl',
 )

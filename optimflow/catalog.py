@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal, Mapping
 
 import optax
 
+from optimflow import sharpness
 from optimflow import sign_momentum
 
 Kind = Literal['transformation', 'extra_args', 'solver']
@@ -75,6 +76,21 @@ _LION_KAPPA_PAPER = (
     'https://arxiv.org/abs/2310.05898',
 )
 
+_SAM_PAPER = (
+    'Sharpness-Aware Minimization for Efficiently Improving Generalization '
+    '(Foret, Kleiner, Mobahi, Neyshabur, 2021)',
+    'https://arxiv.org/abs/2010.01412',
+)
+_ASAM_PAPER = (
+    'ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning '
+    'of Deep Neural Networks (Kwon, Kim, Park, Choi, 2021)',
+    'https://arxiv.org/abs/2102.11600',
+)
+_SAF_PAPER = (
+    'Sharpness-Aware Training for Free (Du, Zhou, Feng, Tan, Zhou, 2022)',
+    'https://arxiv.org/abs/2205.14083',
+)
+
 METHODS: tuple[Method, ...] = (
     Method(
         name='lion',
@@ -108,6 +124,50 @@ METHODS: tuple[Method, ...] = (
             dict(kappa=('relativistic', 0.1)),
         ),
         optax_equivalent='lion',
+    ),
+    # Sharpness-aware methods. ``sam`` / ``asam`` alone emit a gradient (the
+    # one at the perturbed point), so their entries build them in front of
+    # SGD with momentum (sharpness.sam_sgd / asam_sgd); ``param_ema`` is a
+    # chain tail, built behind SGD.
+    Method(
+        name='sam',
+        factory=sharpness.sam_sgd,
+        family='sharpness',
+        paper=_SAM_PAPER[0],
+        url=_SAM_PAPER[1],
+        summary='gradient at the worst point of a rho-ball, in one update '
+        'call (2 passes); the entry chains it before SGD+momentum',
+        defaults=dict(learning_rate=0.05, rho=0.05, momentum=0.9),
+        # SAM's fixed point on Rosenbrock moves towards lower curvature by
+        # O(rho) (0.13 at rho=1e-2): the flat-minimum bias, not a bug.
+        test_kwargs=dict(learning_rate=1e-3, rho=1e-3, momentum=0.9),
+        kind='extra_args',
+        needs=('grad_fn',),
+        variants=(dict(nesterov=True, weight_decay=1e-4),),
+    ),
+    Method(
+        name='asam',
+        factory=sharpness.asam_sgd,
+        family='sharpness',
+        paper=_ASAM_PAPER[0],
+        url=_ASAM_PAPER[1],
+        summary='SAM in the scale-invariant neighbourhood T = |w| + eta; '
+        'the entry chains it before SGD+momentum',
+        defaults=dict(learning_rate=0.05, rho=0.5, momentum=0.9),
+        test_kwargs=dict(learning_rate=1e-3, rho=1e-3, momentum=0.9),
+        kind='extra_args',
+        needs=('grad_fn',),
+    ),
+    Method(
+        name='param_ema',
+        factory=sharpness.sgd_with_param_ema,
+        family='sharpness',
+        paper=_SAF_PAPER[0],
+        url=_SAF_PAPER[1],
+        summary='EMA of the parameters kept in the optimizer state (MESA '
+        'teacher); the entry chains it after SGD+momentum',
+        defaults=dict(learning_rate=0.05, momentum=0.9, decay=0.99),
+        test_kwargs=dict(learning_rate=1e-3, momentum=0.9, decay=0.99),
     ),
 )
 

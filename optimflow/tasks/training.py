@@ -46,6 +46,7 @@ import optax
 from flax import nnx
 
 from optimflow import _checks
+from optimflow import nnx as optimflow_nnx
 from optimflow.tasks import digits
 
 LossFn = Callable[[nnx.Module, jax.Array, jax.Array], jax.Array]
@@ -67,7 +68,8 @@ def params_grad_fn(loss: LossFn = digits.loss_fn) -> GradFnBuilder:
 
   The returned ``grad_fn(params)`` evaluates the loss of a copy of the model
   whose ``nnx.Param`` leaves are ``params`` (other state, e.g. BatchNorm
-  statistics, as in the model; their updates are discarded).
+  statistics, as in the model; their updates are discarded). This is
+  :func:`optimflow.nnx.grad_fn_builder`.
 
   Args:
     loss: ``loss(model, x, y) -> scalar``.
@@ -87,19 +89,7 @@ def params_grad_fn(loss: LossFn = digits.loss_fn) -> GradFnBuilder:
     (8, 10)
   """
 
-  def builder(model, batch):
-    x, y = batch
-    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-
-    def grad_fn(params):
-      def value(p):
-        return loss(nnx.merge(graphdef, p, rest, copy=True), x, y)
-
-      return jax.grad(value)(params)
-
-    return grad_fn
-
-  return builder
+  return optimflow_nnx.grad_fn_builder(loss)
 
 
 _GRAD_FN_FACTORY: list[Callable[[LossFn], GradFnBuilder]] = [params_grad_fn]

@@ -7,6 +7,13 @@ Every method is an ``optax.GradientTransformation`` (or
 """
 
 from optimflow import catalog
+from optimflow import linalg
+from optimflow.orthogonal import OrthogonalMomentumState
+from optimflow.orthogonal import auon
+from optimflow.orthogonal import hybrid_auon
+from optimflow.orthogonal import muon
+from optimflow.orthogonal import scale_by_auon
+from optimflow.orthogonal import scale_by_muon
 from optimflow.sharpness import OutputBank
 from optimflow.sharpness import ParamEMAState
 from optimflow.sharpness import asam
@@ -31,23 +38,30 @@ __version__ = '0.1.0'
 
 __all__ = (
     'KappaSpec',
+    'OrthogonalMomentumState',
     'OutputBank',
     'ParamEMAState',
     'ScaleByImplicitDecayState',
     'ScaleByLionKappaState',
     'asam',
     'asam_sgd',
+    'auon',
     'catalog',
+    'hybrid_auon',
     'kappa_gradient',
+    'linalg',
     'lion',
     'lion_kappa',
+    'muon',
     'param_ema',
     'saf_schedule',
     'sam',
     'sam_gradient',
     'sam_perturbation',
     'sam_sgd',
+    'scale_by_auon',
     'scale_by_implicit_decay',
     'scale_by_lion_kappa',
+    'scale_by_muon',
     'trajectory_kl',
 )

@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal, Mapping
 
 import optax
 
+from optimflow import orthogonal
 from optimflow import sharpness
 from optimflow import sign_momentum
 
@@ -89,6 +90,19 @@ _ASAM_PAPER = (
 _SAF_PAPER = (
     'Sharpness-Aware Training for Free (Du, Zhou, Feng, Tan, Zhou, 2022)',
     'https://arxiv.org/abs/2205.14083',
+)
+
+# Muon itself is a blog post (kellerjordan.github.io/posts/muon, 2024); the
+# catalog links the first paper that studies it at scale.
+_MUON_PAPER = (
+    'Muon (Jordan et al., 2024); Muon is Scalable for LLM Training '
+    '(Liu et al., 2025)',
+    'https://arxiv.org/abs/2502.16982',
+)
+_AUON_PAPER = (
+    'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates '
+    '(Maity, 2025)',
+    'https://arxiv.org/abs/2509.24320',
 )
 
 METHODS: tuple[Method, ...] = (
@@ -168,6 +182,50 @@ METHODS: tuple[Method, ...] = (
         'teacher); the entry chains it after SGD+momentum',
         defaults=dict(learning_rate=0.05, momentum=0.9, decay=0.99),
         test_kwargs=dict(learning_rate=1e-3, momentum=0.9, decay=0.99),
+    ),
+    Method(
+        name='muon',
+        factory=orthogonal.muon,
+        family='orthogonal',
+        paper=_MUON_PAPER[0],
+        url=_MUON_PAPER[1],
+        summary='Newton-Schulz-orthogonalised momentum for hidden matrices, '
+        'AdamW for the rest; batched float32 iteration, Gram-space for '
+        'rectangular matrices',
+        defaults=dict(learning_rate=0.02, adam_learning_rate=3e-3),
+        test_kwargs=dict(learning_rate=1e-2),
+        static_args=('ns_steps', 'matrix_filter', 'dimension_numbers'),
+        variants=(
+            dict(shape_scale='moonlight', nesterov=False, weight_decay=1e-4),
+            dict(reference=True),
+        ),
+        optax_equivalent='contrib.muon',
+    ),
+    Method(
+        name='auon',
+        factory=orthogonal.auon,
+        family='orthogonal',
+        paper=_AUON_PAPER[0],
+        url=_AUON_PAPER[1],
+        summary='linear-time alternative to Muon: Frobenius-normalised '
+        'momentum over its cosh RMS',
+        defaults=dict(learning_rate=0.05, adam_learning_rate=3e-3),
+        test_kwargs=dict(learning_rate=1e-2),
+        static_args=('ns_steps', 'matrix_filter', 'dimension_numbers'),
+        variants=(dict(gamma=1.5, normalize=False, shape_scale=None),),
+        optax_equivalent='contrib.muon',
+    ),
+    Method(
+        name='hybrid_auon',
+        factory=orthogonal.hybrid_auon,
+        family='orthogonal',
+        paper=_AUON_PAPER[0],
+        url=_AUON_PAPER[1],
+        summary='AuON after one Newton-Schulz step',
+        defaults=dict(learning_rate=0.05, adam_learning_rate=3e-3),
+        test_kwargs=dict(learning_rate=1e-2),
+        static_args=('ns_steps', 'matrix_filter', 'dimension_numbers'),
+        optax_equivalent='contrib.muon',
     ),
 )
 

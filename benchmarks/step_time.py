@@ -108,6 +108,10 @@ CASES: dict[str, Case] = {
         baseline='optax.lion'),
     'optax.adamw': Case(lambda: optax.adamw(LR, weight_decay=1e-2)),
     'optax.sgd_momentum': Case(lambda: optax.sgd(LR, momentum=0.9)),
+    'adamp': Case(lambda: optimflow.adamp(LR, weight_decay=1e-2),
+                  baseline='optax.adamw'),
+    'sgdp': Case(lambda: optimflow.sgdp(LR, momentum=0.9),
+                 baseline='optax.sgd_momentum'),
 }
 
 # PyTorch peers: name -> Case whose build(params) returns a torch optimizer.
@@ -125,6 +129,32 @@ def _register_torch_cases() -> None:
 
 
 _register_torch_cases()
+
+
+def _register_radial_torch_cases() -> None:
+  """AdamP/SGDP peers; their ratio is torch time over optimflow's."""
+  try:
+    import adamp  # noqa: F401
+  except ImportError:
+    pass
+  else:
+    TORCH_CASES['torch:adamp.AdamP'] = Case(
+        lambda ps: adamp.AdamP(ps, lr=LR, weight_decay=1e-2),
+        baseline='adamp')
+    TORCH_CASES['torch:adamp.SGDP'] = Case(
+        lambda ps: adamp.SGDP(ps, lr=LR, momentum=0.9), baseline='sgdp')
+  try:
+    import pytorch_optimizer  # noqa: F401
+  except ImportError:
+    return
+  for foreach in (False, True):
+    TORCH_CASES[f'torch:pytorch_optimizer.AdamP(foreach={foreach})'] = Case(
+        lambda ps, foreach=foreach: pytorch_optimizer.AdamP(
+            ps, lr=LR, weight_decay=1e-2, foreach=foreach),
+        baseline='adamp')
+
+
+_register_radial_torch_cases()
 
 
 # ---------------------------------------------------------------------------

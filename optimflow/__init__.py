@@ -14,6 +14,13 @@ from optimflow.orthogonal import hybrid_auon
 from optimflow.orthogonal import muon
 from optimflow.orthogonal import scale_by_auon
 from optimflow.orthogonal import scale_by_muon
+from optimflow.radial import ScaleByAdamPState
+from optimflow.radial import ScaleBySGDPState
+from optimflow.radial import adamp
+from optimflow.radial import radial_projection
+from optimflow.radial import scale_by_adamp
+from optimflow.radial import scale_by_sgdp
+from optimflow.radial import sgdp
 from optimflow.sharpness import OutputBank
 from optimflow.sharpness import ParamEMAState
 from optimflow.sharpness import asam
@@ -41,8 +48,11 @@ __all__ = (
     'OrthogonalMomentumState',
     'OutputBank',
     'ParamEMAState',
+    'ScaleByAdamPState',
     'ScaleByImplicitDecayState',
     'ScaleByLionKappaState',
+    'ScaleBySGDPState',
+    'adamp',
     'asam',
     'asam_sgd',
     'auon',
@@ -54,14 +64,18 @@ __all__ = (
     'lion_kappa',
     'muon',
     'param_ema',
+    'radial_projection',
     'saf_schedule',
     'sam',
     'sam_gradient',
     'sam_perturbation',
     'sam_sgd',
+    'scale_by_adamp',
     'scale_by_auon',
     'scale_by_implicit_decay',
     'scale_by_lion_kappa',
     'scale_by_muon',
+    'scale_by_sgdp',
+    'sgdp',
     'trajectory_kl',
 )

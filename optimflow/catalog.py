@@ -20,6 +20,7 @@ from typing import Any, Callable, Literal, Mapping
 import optax
 
 from optimflow import orthogonal
+from optimflow import radial
 from optimflow import sharpness
 from optimflow import sign_momentum
 
@@ -103,6 +104,12 @@ _AUON_PAPER = (
     'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates '
     '(Maity, 2025)',
     'https://arxiv.org/abs/2509.24320',
+)
+
+_ADAMP_PAPER = (
+    'AdamP: Slowing Down the Slowdown for Momentum Optimizers on '
+    'Scale-invariant Weights (Heo et al., 2021)',
+    'https://arxiv.org/abs/2006.08217',
 )
 
 METHODS: tuple[Method, ...] = (
@@ -226,6 +233,41 @@ METHODS: tuple[Method, ...] = (
         test_kwargs=dict(learning_rate=1e-2),
         static_args=('ns_steps', 'matrix_filter', 'dimension_numbers'),
         optax_equivalent='contrib.muon',
+    ),
+    Method(
+        name='adamp',
+        factory=radial.adamp,
+        family='radial',
+        paper=_ADAMP_PAPER[0],
+        url=_ADAMP_PAPER[1],
+        summary='Adam minus the radial part of the update on scale-invariant '
+        'weights',
+        defaults=dict(learning_rate=1e-3, weight_decay=1e-2),
+        test_kwargs=dict(learning_rate=1e-2),
+        static_args=('nesterov', 'channel_axis'),
+        variants=(
+            dict(nesterov=True, weight_decay=1e-4),
+            dict(channel_axis=0, delta=0.5, wd_ratio=0.5),
+        ),
+        optax_equivalent='adamw',
+    ),
+    Method(
+        name='sgdp',
+        factory=radial.sgdp,
+        family='radial',
+        paper=_ADAMP_PAPER[0],
+        url=_ADAMP_PAPER[1],
+        summary='momentum SGD minus the radial part of the update on '
+        'scale-invariant weights',
+        defaults=dict(learning_rate=0.1, momentum=0.9, nesterov=True,
+                      weight_decay=1e-5),
+        test_kwargs=dict(learning_rate=1e-3, momentum=0.9),
+        static_args=('nesterov', 'channel_axis'),
+        variants=(
+            dict(nesterov=True, weight_decay=1e-4),
+            dict(momentum=0.5, dampening=0.5, channel_axis=0),
+        ),
+        optax_equivalent='sgd',
     ),
 )
 

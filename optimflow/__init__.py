@@ -40,6 +40,11 @@ from optimflow.sign_momentum import lion
 from optimflow.sign_momentum import lion_kappa
 from optimflow.sign_momentum import scale_by_implicit_decay
 from optimflow.sign_momentum import scale_by_lion_kappa
+from optimflow.whitening import gradnorm
+from optimflow.whitening import scale_by_grad_norm
+from optimflow.whitening import scale_by_grad_whitening
+from optimflow.whitening import scale_by_swan
+from optimflow.whitening import swan
 
 __version__ = '0.1.0'
 
@@ -57,6 +62,7 @@ __all__ = (
     'asam_sgd',
     'auon',
     'catalog',
+    'gradnorm',
     'hybrid_auon',
     'kappa_gradient',
     'linalg',
@@ -71,11 +77,15 @@ __all__ = (
     'sam_perturbation',
     'sam_sgd',
     'scale_by_adamp',
+    'scale_by_grad_norm',
+    'scale_by_grad_whitening',
     'scale_by_auon',
     'scale_by_implicit_decay',
     'scale_by_lion_kappa',
     'scale_by_muon',
     'scale_by_sgdp',
+    'scale_by_swan',
     'sgdp',
+    'swan',
     'trajectory_kl',
 )

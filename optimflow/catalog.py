@@ -23,6 +23,7 @@ from optimflow import orthogonal
 from optimflow import radial
 from optimflow import sharpness
 from optimflow import sign_momentum
+from optimflow import whitening
 
 Kind = Literal['transformation', 'extra_args', 'solver']
 
@@ -104,6 +105,11 @@ _AUON_PAPER = (
     'AuON: A Linear-time Alternative to Semi-Orthogonal Momentum Updates '
     '(Maity, 2025)',
     'https://arxiv.org/abs/2509.24320',
+)
+_SWAN_PAPER = (
+    'SWAN: SGD with Normalization and Whitening Enables Stateless LLM '
+    'Training (Ma, Gong, Scetbon, Meeds, 2024)',
+    'https://arxiv.org/abs/2412.13148',
 )
 
 _ADAMP_PAPER = (
@@ -233,6 +239,30 @@ METHODS: tuple[Method, ...] = (
         test_kwargs=dict(learning_rate=1e-2),
         static_args=('ns_steps', 'matrix_filter', 'dimension_numbers'),
         optax_equivalent='contrib.muon',
+    ),
+    Method(
+        name='swan',
+        factory=whitening.swan,
+        family='whitening',
+        paper=_SWAN_PAPER[0],
+        url=_SWAN_PAPER[1],
+        summary='stateless on hidden matrices: GradNorm then Newton-Schulz '
+        'whitening (G G^T)^(-1/2) G; AdamW for the rest',
+        defaults=dict(learning_rate=1e-3, adam_learning_rate=1e-3),
+        # center=False: GradNorm's centring removes each output unit's mean
+        # gradient, so a centred update never moves a column mean of 'w' and
+        # the matrix parabola (no normalisation layer after it) cannot be
+        # solved; tests/test_whitening.py runs the other conformance checks
+        # with the paper's centred GradNorm.
+        test_kwargs=dict(learning_rate=3e-3, center=False),
+        static_args=('ns_steps', 'output_scale', 'center', 'normalization',
+                     'matrix_filter', 'dimension_numbers'),
+        variants=(
+            dict(output_scale='match_gradnorm', normalization='gram',
+                 weight_decay=1e-4),
+            dict(output_scale=None, ns_steps=6, ns_beta=0.8),
+        ),
+        optax_equivalent='adamw',
     ),
     Method(
         name='adamp',

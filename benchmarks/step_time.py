@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 import optimflow
+from optimflow.tasks import tree_bytes
 
 # ---------------------------------------------------------------------------
 # Parameter trees (Flax layout: Dense kernels are (in, out)).
@@ -69,16 +70,53 @@ def transformer_tree(
   return tree
 
 
+def resnet_tree(
+    width: int = 64,
+    stages: tuple[int, ...] = (2, 2, 2, 2),
+    classes: int = 1000,
+    in_channels: int = 3,
+    dtype: Any = jnp.float32,
+) -> dict[str, Any]:
+  """A ResNet-18-shaped tree (~11.7M parameters with the defaults).
+
+  A 7x7 stem, then ``stages`` of basic blocks (two 3x3 convs, each followed
+  by BatchNorm; a 1x1 projection where the width doubles), then a Dense head.
+  Conv kernels are Flax's ``(h, w, in, out)``, without biases (BatchNorm
+  follows them: scale-invariant, AdamP's setting).
+  """
+  rng = np.random.default_rng(0)  # numpy: no compilation per shape
+  normal = lambda shape, std: jnp.asarray(
+      rng.standard_normal(shape, np.float32) * std, dtype)
+  conv = lambda k, i, o: normal((k, k, i, o), np.sqrt(2.0 / (k * k * i)))
+  norm = lambda c: {'scale': jnp.ones((c,), dtype), 'bias': jnp.zeros((c,), dtype)}
+  tree: dict[str, Any] = {
+      'stem': {'conv': {'kernel': conv(7, in_channels, width)},
+               'bn': norm(width)}}
+  c_in = width
+  for s, blocks in enumerate(stages):
+    c_out = width * 2 ** s
+    for b in range(blocks):
+      block = {'conv1': {'kernel': conv(3, c_in, c_out)}, 'bn1': norm(c_out),
+               'conv2': {'kernel': conv(3, c_out, c_out)}, 'bn2': norm(c_out)}
+      if c_in != c_out:
+        block['proj'] = {'kernel': conv(1, c_in, c_out)}
+        block['bn_proj'] = norm(c_out)
+      tree[f'stage{s}_block{b}'] = block
+      c_in = c_out
+  tree['head'] = {'kernel': normal((c_in, classes), 1 / np.sqrt(c_in)),
+                  'bias': jnp.zeros((classes,), dtype)}
+  return tree
+
+
 TREES: dict[str, Callable[[], dict[str, Any]]] = {
     'transformer': transformer_tree,
     'transformer-noembed': lambda: transformer_tree(embedding=False),
+    'resnet': resnet_tree,
+    # Seconds-long smoke runs (tests).
+    'tiny-transformer': lambda: transformer_tree(blocks=1, d=32, ff=64,
+                                                 vocab=64),
+    'tiny-resnet': lambda: resnet_tree(width=4, stages=(1, 1), classes=10),
 }
-
-
-def tree_bytes(tree: Any) -> int:
-  """Bytes held by the array leaves of ``tree``."""
-  return int(sum(np.asarray(x).nbytes if not hasattr(x, 'nbytes') else x.nbytes
-                 for x in jax.tree.leaves(tree)))
 
 
 # ---------------------------------------------------------------------------
@@ -113,6 +151,27 @@ CASES: dict[str, Case] = {
     'sgdp': Case(lambda: optimflow.sgdp(LR, momentum=0.9),
                  baseline='optax.sgd_momentum'),
 }
+
+# Orthogonal updates. optax.contrib.muon routes every 2-D leaf to Muon (the
+# 8192x512 embedding too); optimflow.muon sends embeddings and heads to AdamW.
+# On 'transformer-noembed' both route the same leaves.
+_MUON_LR, _AUX_LR = 0.02, 3e-4
+CASES.update({
+    'optax.contrib.muon': Case(lambda: optax.contrib.muon(
+        _MUON_LR, adam_learning_rate=_AUX_LR)),
+    'muon': Case(lambda: optimflow.muon(_MUON_LR, adam_learning_rate=_AUX_LR),
+                 baseline='optax.contrib.muon',
+                 note='same-shape batches, Gram NS for rectangular'),
+    'muon(reference)': Case(
+        lambda: optimflow.muon(_MUON_LR, adam_learning_rate=_AUX_LR,
+                               reference=True),
+        baseline='optax.contrib.muon', note='per-leaf plain NS, float32'),
+    'auon': Case(lambda: optimflow.auon(0.05, adam_learning_rate=_AUX_LR),
+                 baseline='muon'),
+    'hybrid_auon': Case(
+        lambda: optimflow.hybrid_auon(0.05, adam_learning_rate=_AUX_LR),
+        baseline='muon'),
+})
 
 # PyTorch peers: name -> Case whose build(params) returns a torch optimizer.
 TORCH_CASES: dict[str, Case] = {}
@@ -157,17 +216,46 @@ def _register_radial_torch_cases() -> None:
 _register_radial_torch_cases()
 
 
+def _register_orthogonal_torch_cases() -> None:
+  """pytorch_optimizer's Muon: every >= 2-D tensor to Muon, others AdamW."""
+  try:
+    import pytorch_optimizer  # noqa: F401
+  except ImportError:
+    return
+
+  def build(ps):
+    return pytorch_optimizer.Muon(
+        [{'params': [p for p in ps if p.ndim >= 2], 'use_muon': True},
+         {'params': [p for p in ps if p.ndim < 2], 'use_muon': False}],
+        lr=_MUON_LR, adamw_lr=_AUX_LR)
+
+  TORCH_CASES['torch:pytorch_optimizer.Muon'] = Case(build, baseline='muon')
+
+
+_register_orthogonal_torch_cases()
+
+
 # ---------------------------------------------------------------------------
 # Timing.
 
 
-def jax_stepper(case: Case, params: Any) -> tuple[Callable[[], None], int]:
-  """One jitted update (state donated) as a closure, and the state bytes."""
+def jax_inputs(case: Case, params: Any) -> tuple[Any, Any, Any]:
+  """The case's transformation, the gradient tree it is timed on, its state."""
   tx = case.build()
   grads = jax.tree.map(
       lambda x: jax.random.normal(jax.random.key(1), x.shape, x.dtype) * 1e-2,
       params)
-  box = {'state': tx.init(params)}
+  # The state is donated: copy leaves init may share with params (an EMA).
+  state = jax.tree.map(
+      lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x,
+      tx.init(params))
+  return tx, grads, state
+
+
+def jax_stepper(case: Case, params: Any) -> tuple[Callable[[], None], int]:
+  """One jitted update (state donated) as a closure, and the state bytes."""
+  tx, grads, state = jax_inputs(case, params)
+  box = {'state': state}
   update = jax.jit(tx.update, donate_argnums=(1,))
 
   def step():
@@ -241,6 +329,22 @@ def format_table(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+def with_baselines(names: list[str]) -> list[str]:
+  """``names`` with the baseline of each case in front of it (once).
+
+  Baselines are timed in the same run so ratios compare like with like.
+  """
+  names = list(names)
+  pending = list(names)
+  while pending:  # a baseline may have a baseline of its own
+    name = pending.pop()
+    case = CASES.get(name) or TORCH_CASES.get(name)
+    if case.baseline and case.baseline not in names:
+      names.insert(0, case.baseline)
+      pending.append(case.baseline)
+  return names
+
+
 def main(argv: Optional[list[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--cases', default='all',
@@ -254,11 +358,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   unknown = [n for n in names if n not in known]
   if unknown:
     parser.error(f'unknown case(s) {unknown}; known: {", ".join(known)}')
-  # Baselines are timed in the same run so ratios compare like with like.
-  for n in list(names):
-    base = (CASES.get(n) or TORCH_CASES.get(n)).baseline
-    if base and base not in names:
-      names.insert(0, base)
+  names = with_baselines(names)
   n_params = sum(x.size for x in jax.tree.leaves(TREES[args.tree]()))
   print(f'tree={args.tree} ({n_params / 1e6:.1f}M params), '
         f'backend={jax.default_backend()}, devices={jax.device_count()}, '

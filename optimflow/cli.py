@@ -1,113 +1,54 @@
-"""Command line: ``python -m optimflow compare`` and ``python -m optimflow list``.
+"""Command line: ``python -m optimflow {compare,bench,list}``.
 
-``compare`` trains a small built-in task with several methods and seeds and
-reports, per method, the final train loss, test accuracy, milliseconds per step
-(compilation excluded), optimizer-state bytes and gradient evaluations per step
-(mean +- std over seeds). It writes ``results.json`` and ``curves.png`` (train
-loss against step) to ``--output``::
+``compare`` trains a built-in task with several methods and seeds and prints,
+per method, the final train loss, the task's test metric, milliseconds per
+step (compilation excluded), optimizer-state bytes and gradient evaluations
+per step (mean ± std over seeds). It writes ``results.json``, ``results.md``
+and PNG plots (loss against steps and against wall time; for the 2-D
+functions, the trajectories on the contour) to ``--output``::
 
-  python -m optimflow compare --task digits --methods lion,adamw --steps 300
+  python -m optimflow compare --task digits --methods all --steps 300
+  python -m optimflow compare --task rosenbrock --methods lion,adam \\
+      --set lion.learning_rate=3e-3 --seeds 3
 
-Methods are catalog names (built with their ``defaults``; those of kind
-``'extra_args'`` get ``grad_fn`` from :func:`optimflow.tasks.grad_fn_builder`)
-or the optax baselines in :data:`BASELINES`. ``list`` prints the catalog.
+``bench`` times every catalog entry's jitted update against optax and the
+PyTorch peers on a transformer-shaped and a ResNet-shaped tree, next to the
+memory-bandwidth and matmul floors measured in the same run (see
+:mod:`optimflow.bench`). ``list`` prints the catalog.
 
-Bad input (unknown task or method, non-positive counts, an output folder that
-cannot be written) ends with a one-line message on stderr and exit status 2.
+Bad input (unknown task, method, tree or case, malformed ``--set``,
+non-positive counts, an output folder that cannot be written) ends with a
+one-line message on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
+import ast
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional, Sequence
-
-import numpy as np
-import optax
+from typing import Any, NoReturn, Optional, Sequence
 
 from optimflow import catalog
+from optimflow import compare as compare_lib
+from optimflow.compare import BASELINES
+from optimflow.compare import TASKS
+from optimflow.compare import compare
+from optimflow.compare import default_methods
+from optimflow.compare import method_spec
+from optimflow.compare import results_table
+from optimflow.compare import valid_methods
 
-# Optax baselines: name -> (factory, its hyperparameters), tuned for the
-# digits MLP.
-BASELINES: dict[str, tuple[Callable[..., optax.GradientTransformation],
-                           dict[str, Any]]] = {
-    'sgd': (optax.sgd, dict(learning_rate=0.1)),
-    'momentum': (optax.sgd, dict(learning_rate=0.05, momentum=0.9)),
-    'adam': (optax.adam, dict(learning_rate=1e-3)),
-    'adamw': (optax.adamw, dict(learning_rate=1e-3, weight_decay=1e-2)),
-}
-
-TRAINABLE_KINDS = ('transformation', 'extra_args')
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """A built-in task: its data, a model factory and a loss."""
-
-  name: str
-  load: Callable[[], Any]
-  model: Callable[[int], Any]  # seed -> NNX model
-  summary: str
-
-
-def _digits_task() -> Task:
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from optimflow import tasks  # pylint: disable=g-import-not-at-top
-
-  return Task('digits', tasks.load_digits,
-              lambda seed: tasks.MLP(rngs=nnx.Rngs(seed)),
-              'scikit-learn digits, MLP 64-128-128-10')
-
-
-TASKS: dict[str, Callable[[], Task]] = {'digits': _digits_task}
-
-
-def default_methods() -> list[str]:
-  """Every trainable catalog entry, then ``adamw``."""
-  return [m.name for m in catalog.METHODS if m.kind in TRAINABLE_KINDS] + [
-      'adamw']
-
-
-def valid_methods() -> list[str]:
-  return [m.name for m in catalog.METHODS if m.kind in TRAINABLE_KINDS] + list(
-      BASELINES)
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-  """A method ready to train: transformation and what its update needs."""
-
-  name: str
-  source: str  # 'catalog' or 'optax'
-  hyperparameters: dict[str, Any]
-  tx: optax.GradientTransformation
-  needs: tuple[str, ...] = ()
-
-
-def method_spec(name: str) -> Spec:
-  """Builds the method called ``name`` (catalog entry or optax baseline)."""
-  if name in BASELINES:
-    factory, kwargs = BASELINES[name]
-    return Spec(name, 'optax', dict(kwargs), factory(**kwargs))
-  entry = catalog.get(name)
-  if entry.kind not in TRAINABLE_KINDS:
-    raise ValueError(f'method {name!r} is a {entry.kind}, not an optimizer '
-                     'the compare command can train')
-  unsupported = set(entry.needs) - {'grad_fn'}
-  if unsupported:
-    raise ValueError(f'method {name!r} needs {sorted(unsupported)}, which '
-                     'the compare command cannot provide')
-  return Spec(name, 'catalog', dict(entry.defaults), entry.build(),
-              tuple(entry.needs))
+__all__ = ('BASELINES', 'TASKS', 'build_parser', 'compare', 'default_methods',
+           'main', 'method_spec', 'parse_set', 'results_table',
+           'valid_methods')
 
 
 class _Parser(argparse.ArgumentParser):
   """Reports every error as one line on stderr and exits with status 2."""
 
   def error(self, message: str) -> NoReturn:
+    message = ' '.join(str(message).split())
     self.exit(2, f'{self.prog}: error: {message}\n')
 
 
@@ -123,47 +64,180 @@ def _positive_int(text: str) -> int:
   return value
 
 
+_WORDS = {'true': True, 'false': False, 'none': None, 'null': None}
+
+
+def parse_set(text: str) -> tuple[str, str, Any]:
+  """Parses ``--set method.key=value`` into ``(method, key, value)``.
+
+  The method is everything before the last dot of the left-hand side (so
+  ``optax.lion.learning_rate=1e-3`` names ``optax.lion``); the value is a
+  Python literal (``1e-3``, ``0.9``, ``('huber', 0.1)``, ``None``,
+  ``true``), else the plain string.
+
+  Raises:
+    ValueError: no ``=``, no dot, or an empty part.
+
+  Examples:
+    >>> from optimflow.cli import parse_set
+    >>> parse_set("lion_kappa.kappa=('huber', 0.1)")
+    ('lion_kappa', 'kappa', ('huber', 0.1))
+    >>> parse_set('optax.lion.learning_rate=1e-3')
+    ('optax.lion', 'learning_rate', 0.001)
+    >>> parse_set('swan.output_scale=unit_rms')
+    ('swan', 'output_scale', 'unit_rms')
+  """
+  lhs, eq, rhs = text.partition('=')
+  method, dot, key = lhs.rpartition('.')
+  method, key, rhs = method.strip(), key.strip(), rhs.strip()
+  if not eq or not dot or not method or not key or not rhs:
+    raise ValueError(f'malformed --set {text!r}: expected method.key=value, '
+                     'e.g. lion.learning_rate=3e-4')
+  if rhs.lower() in _WORDS:
+    return method, key, _WORDS[rhs.lower()]
+  try:
+    value = ast.literal_eval(rhs)
+  except (ValueError, SyntaxError):
+    value = rhs
+  return method, key, value
+
+
+def _task_lines() -> str:
+  lines = []
+  for name in TASKS:
+    try:
+      task = compare_lib.get_task(name)
+      lines.append(f'  {name:<11} {task.summary} ({task.steps} steps; '
+                   f'metric: {task.metric.name})')
+    except ImportError:  # flax missing: main() reports it
+      lines.append(f'  {name}')
+  return '\n'.join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog='optimflow', description=__doc__.splitlines()[0])
+  """The argument parser of ``python -m optimflow``."""
+  fmt = argparse.RawDescriptionHelpFormatter
+  parser = _Parser(prog='optimflow', description=__doc__,
+                   formatter_class=fmt)
   sub = parser.add_subparsers(dest='command', required=True,
-                              parser_class=_Parser)
-  compare = sub.add_parser('compare', help='train a task with several methods')
-  compare.add_argument('--task', default='digits',
-                       help=f'one of: {", ".join(TASKS)} (default digits)')
-  compare.add_argument('--methods', default=None,
-                       help='comma-separated catalog names or optax baselines '
-                            f'({", ".join(BASELINES)}); default: every '
-                            'trainable catalog entry and adamw')
-  compare.add_argument('--steps', type=_positive_int, default=500,
-                       help='optimizer steps per run (default 500)')
-  compare.add_argument('--seeds', type=_positive_int, default=1,
-                       help='number of seeds 0..K-1 (default 1)')
-  compare.add_argument('--batch-size', type=_positive_int, default=128)
-  compare.add_argument('--output', type=Path, default=Path('runs/compare'),
-                       help='folder for results.json and curves.png '
-                            '(default runs/compare)')
-  compare.add_argument('--no-progress', action='store_true',
-                       help='hide the progress bars')
-  compare.set_defaults(subparser=compare)
-  sub.add_parser('list', help='print the catalog')
+                              parser_class=_Parser, metavar='COMMAND')
+  epilog = (
+      'tasks:\n' + _task_lines() + '\n\n'
+      'methods: catalog entries (built with their defaults on networks, '
+      'their test_kwargs on 2-D functions; `python -m optimflow list`):\n  '
+      + ', '.join(compare_lib.catalog_methods()) + '\n'
+      'optax baselines:\n  ' + ', '.join(BASELINES) + '\n'
+      '"all" runs every one of them; without --methods the catalog entries '
+      'and adamw run.\n\n'
+      'outputs in --output: results.json (settings, machine, per method '
+      'summaries, curves per seed, trajectories), results.md (the table, '
+      'hyperparameters, plots), loss_vs_steps.png, loss_vs_time.png and, for '
+      '2-D functions, trajectories.png.\n\n'
+      'examples:\n'
+      '  python -m optimflow compare --task digits --methods all --steps 300\n'
+      '  python -m optimflow compare --task charlm --methods muon,adamw '
+      '--set muon.learning_rate=0.01\n'
+      '  python -m optimflow compare --task rastrigin --methods all --seeds 3')
+  cmp = sub.add_parser(
+      'compare', help='train a task with several methods, side by side',
+      description='Train a built-in task with several methods and seeds; '
+      'print a table and write results.json, results.md and plots.',
+      epilog=epilog, formatter_class=fmt)
+  cmp.add_argument('--task', default='digits',
+                   help=f'one of: {", ".join(TASKS)} (default digits)')
+  cmp.add_argument('--methods', default=None,
+                   help='comma-separated catalog names and optax baselines, '
+                   'or "all" (default: every trainable catalog entry and '
+                   'adamw)')
+  cmp.add_argument('--set', action='append', default=[], dest='overrides',
+                   metavar='METHOD.KEY=VALUE',
+                   help='override a hyperparameter of one method (repeatable), '
+                   'e.g. --set lion.learning_rate=1e-4 --set '
+                   "\"lion_kappa.kappa=('huber', 0.1)\"; the value is a "
+                   'Python literal or a plain string')
+  cmp.add_argument('--steps', type=_positive_int, default=None,
+                   help='optimizer steps per run (default: the task\'s)')
+  cmp.add_argument('--seeds', type=_positive_int, default=1,
+                   help='runs per method, seeds 0..K-1 (default 1); the seed '
+                   'fixes the initialisation and batch order, or the 2-D '
+                   'start point (seed 0: the canonical one)')
+  cmp.add_argument('--batch-size', type=_positive_int, default=None,
+                   help='examples per step on network tasks (default: the '
+                   'task\'s: 128, charlm 32)')
+  cmp.add_argument('--tune-lr', action='store_true',
+                   help='2-D functions only: run each method with 9 learning '
+                   'rates (1/100 to 100 times its default, log grid) and keep '
+                   'the one with the lowest final loss, as pytorch-optimizer\'s '
+                   'trajectory plots do')
+  cmp.add_argument('--output', type=Path, default=Path('runs/compare'),
+                   help='folder for the outputs (default runs/compare)')
+  cmp.add_argument('--no-progress', action='store_true',
+                   help='hide the progress bars (one per run, live loss)')
+  cmp.set_defaults(subparser=cmp)
+
+  bench = sub.add_parser(
+      'bench', help='step time and state bytes against optax, PyTorch peers '
+      'and the hardware floors',
+      description='Time the jitted update of every catalog entry, its optax '
+      'equivalents and (when torch is installed) the PyTorch peers on '
+      'parameter trees, round-robin in one run, next to two floors measured '
+      'in the same run: memory bandwidth (bytes the update must move / '
+      'measured copy bandwidth) and matmul (matmul FLOPs / measured matmul '
+      'rate). Writes bench.json and bench.md to --output. Needs the '
+      'repository\'s benchmarks/ folder (run from a clone).',
+      formatter_class=fmt)
+  bench.add_argument('--trees', default='transformer,resnet',
+                     help='comma-separated parameter trees (default '
+                     'transformer,resnet; tiny-transformer and tiny-resnet '
+                     'for smoke runs)')
+  bench.add_argument('--cases', default='all',
+                     help='comma-separated case names or "all" (baselines of '
+                     'the chosen cases are added)')
+  bench.add_argument('--reps', type=_positive_int, default=10,
+                     help='timed round-robin repetitions (default 10)')
+  bench.add_argument('--no-torch', action='store_true',
+                     help='skip the PyTorch peers')
+  bench.add_argument('--output', type=Path, default=Path('runs/bench'),
+                     help='folder for bench.json and bench.md (default '
+                     'runs/bench)')
+  bench.set_defaults(subparser=bench)
+
+  lst = sub.add_parser('list', help='print the catalog (name, family, paper)')
+  lst.set_defaults(subparser=lst)
   return parser
 
 
-def _parse_methods(parser, text: Optional[str]) -> list[str]:
+def _methods(parser, text: Optional[str]) -> list[str]:
   if text is None:
     return default_methods()
   names = list(dict.fromkeys(n.strip() for n in text.split(',') if n.strip()))
   if not names:
-    parser.error('--methods is empty; valid methods: '
+    parser.error('--methods is empty; valid methods: all, '
                  + ', '.join(valid_methods()))
+  if 'all' in names:
+    names = list(dict.fromkeys(
+        n for name in names
+        for n in (valid_methods() if name == 'all' else [name])))
   unknown = [n for n in names if n not in valid_methods()]
   if unknown:
     parser.error(f'unknown method(s) {", ".join(unknown)}; valid methods: '
-                 + ', '.join(valid_methods()))
+                 'all, ' + ', '.join(valid_methods()))
   return names
 
 
-def _check_output(parser, folder: Path) -> None:
+def _overrides(parser, texts: Sequence[str]) -> dict[str, dict[str, Any]]:
+  out: dict[str, dict[str, Any]] = {}
+  for text in texts:
+    try:
+      method, key, value = parse_set(text)
+    except ValueError as e:
+      parser.error(str(e))
+    out.setdefault(method, {})[key] = value
+  return out
+
+
+def check_output(parser: argparse.ArgumentParser, folder: Path) -> None:
+  """``parser.error`` unless ``folder`` can be created and written."""
   try:
     folder.mkdir(parents=True, exist_ok=True)
     probe = folder / '.write_test'
@@ -174,113 +248,51 @@ def _check_output(parser, folder: Path) -> None:
                  f'{e.strerror or e}')
 
 
-def _summary(values: Sequence[float]) -> dict[str, Any]:
-  arr = np.asarray(values, np.float64)
-  std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-  return {'mean': float(arr.mean()), 'std': std, 'values': arr.tolist()}
-
-
-def _cell(stat: dict[str, Any], fmt: str) -> str:
-  if len(stat['values']) == 1:
-    return format(stat['mean'], fmt)
-  return f'{format(stat["mean"], fmt)} ± {format(stat["std"], fmt)}'
-
-
-def compare(task_name: str, method_names: Sequence[str], *, steps: int,
-            seeds: int, batch_size: int = 128, progress: bool = True
-            ) -> dict[str, Any]:
-  """Trains ``task_name`` with each method and seed.
-
-  Args:
-    task_name: a key of :data:`TASKS`.
-    method_names: catalog names or :data:`BASELINES` keys.
-    steps: steps per run.
-    seeds: runs per method, seeds ``0..seeds-1`` (model init and batch order).
-    batch_size: examples per step.
-    progress: tqdm bar per run.
-
-  Returns:
-    The content of ``results.json``: settings and, per method, summaries
-    (mean, std, per-seed values) of every column and the loss curves.
-  """
-  from optimflow import tasks  # pylint: disable=g-import-not-at-top
-
-  task = TASKS[task_name]()
-  data = task.load()
-  results = []
-  for name in method_names:
-    spec = method_spec(name)
-    builder = (tasks.grad_fn_builder(tasks.loss_fn)
-               if 'grad_fn' in spec.needs else None)
-    hists = []
-    for seed in range(seeds):
-      hists.append(tasks.fit(task.model(seed), spec.tx, data, steps=steps,
-                             batch_size=batch_size, seed=seed,
-                             progress=progress, desc=f'{name} seed {seed}',
-                             grad_fn_builder=builder))
-    results.append({
-        'method': name,
-        'source': spec.source,
-        'hyperparameters': spec.hyperparameters,
-        'train_loss': _summary([h.final['train_loss'] for h in hists]),
-        'test_accuracy': _summary([h.final['test_accuracy'] for h in hists]),
-        'ms_per_step': _summary([h.ms_per_step for h in hists]),
-        'opt_state_bytes': hists[0].opt_state_bytes,
-        'grad_evals_per_step': hists[0].grad_evals_per_step,
-        'curves': {
-            'steps': hists[0].steps.tolist(),
-            'train_loss': [h.train_loss.tolist() for h in hists],
-            'eval_steps': hists[0].eval_steps.tolist(),
-            'test_accuracy': [h.test_accuracy.tolist() for h in hists],
-        },
-    })
-  return {'task': task_name, 'task_summary': task.summary, 'steps': steps,
-          'seeds': list(range(seeds)), 'batch_size': batch_size,
-          'methods': list(method_names), 'results': results}
-
-
-def results_table(results: dict[str, Any]) -> str:
-  """The printed table: one row per method."""
-  from optimflow.tasks import format_table  # pylint: disable=g-import-not-at-top
-
-  rows = [{
-      'method': r['method'],
-      'train loss': _cell(r['train_loss'], '.4f'),
-      'test acc': _cell(r['test_accuracy'], '.4f'),
-      'ms/step': _cell(r['ms_per_step'], '.2f'),
-      'state bytes': str(r['opt_state_bytes']),
-      'grad evals/step': str(r['grad_evals_per_step']),
-  } for r in results['results']]
-  return format_table(rows)
-
-
-def plot_curves(results: dict[str, Any], path: Path) -> None:
-  """Train loss (smoothed, mean over seeds) against step, one line a method."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for r in results['results']:
-    loss = np.mean(np.asarray(r['curves']['train_loss']), axis=0)
-    width = max(1, len(loss) // 50)
-    smooth = np.convolve(loss, np.ones(width) / width, mode='valid')
-    ax.plot(r['curves']['steps'][width - 1:], smooth, label=r['method'])
-  ax.set_yscale('log')
-  ax.set_xlabel('step')
-  ax.set_ylabel('train loss (mini-batch, smoothed)')
-  ax.set_title(f'{results["task"]}: {len(results["seeds"])} seed(s)')
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def _list() -> int:
   from optimflow.tasks import format_table  # pylint: disable=g-import-not-at-top
 
   print(format_table([{'name': m.name, 'family': m.family, 'kind': m.kind,
                        'paper': m.paper} for m in catalog.METHODS]))
+  return 0
+
+
+def _compare(parser, args) -> int:
+  if args.task not in TASKS:
+    parser.error(f'unknown task {args.task!r}; valid tasks: '
+                 + ', '.join(TASKS))
+  methods = _methods(parser, args.methods)
+  overrides = _overrides(parser, args.overrides)
+  task = compare_lib.get_task(args.task)
+  if args.tune_lr and not isinstance(task, compare_lib.FunctionTask):
+    parser.error(f'--tune-lr is for the 2-D functions, not {args.task}; '
+                 'use --set METHOD.learning_rate=VALUE')
+  try:  # every method is built before anything trains
+    compare_lib.build_specs(methods, task.hyper, overrides)
+  except ValueError as e:
+    parser.error(str(e))
+  check_output(parser, args.output)
+  results = compare(args.task, methods, steps=args.steps, seeds=args.seeds,
+                    batch_size=args.batch_size, overrides=overrides,
+                    tune_lr=args.tune_lr, progress=not args.no_progress)
+  print(results_table(results))
+  written = compare_lib.write_outputs(results, args.output)
+  print('wrote ' + ', '.join(str(p) for p in written))
+  return 0
+
+
+def _bench(parser, args) -> int:
+  from optimflow import bench  # pylint: disable=g-import-not-at-top
+
+  try:
+    plan = bench.plan(args.trees.split(','), args.cases,
+                      torch=not args.no_torch)
+  except (ValueError, ImportError) as e:
+    parser.error(str(e))
+  check_output(parser, args.output)
+  result = bench.run(plan, reps=args.reps, progress=True)
+  print(bench.markdown(result))
+  written = bench.write_outputs(result, args.output)
+  print('wrote ' + ', '.join(str(p) for p in written))
   return 0
 
 
@@ -295,18 +307,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  'pip install "optimflow[examples]"')
   if args.command == 'list':
     return _list()
-  compare_parser = args.subparser
-  if args.task not in TASKS:
-    compare_parser.error(f'unknown task {args.task!r}; valid tasks: '
-                         + ', '.join(TASKS))
-  methods = _parse_methods(compare_parser, args.methods)
-  _check_output(compare_parser, args.output)
-  results = compare(args.task, methods, steps=args.steps, seeds=args.seeds,
-                    batch_size=args.batch_size, progress=not args.no_progress)
-  print(results_table(results))
-  (args.output / 'results.json').write_text(
-      json.dumps(results, indent=1, default=repr))
-  plot_curves(results, args.output / 'curves.png')
-  print(f'wrote {args.output / "results.json"} and '
-        f'{args.output / "curves.png"}')
-  return 0
+  if args.command == 'bench':
+    return _bench(args.subparser, args)
+  return _compare(args.subparser, args)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,14 +1,17 @@
-"""Tests of the command line (python -m optimflow)."""
+"""Tests of the command line (python -m optimflow compare / bench / list)."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from optimflow import catalog
 from optimflow import cli
+from optimflow import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,20 +22,42 @@ def _fails(capsys, argv, *expected):
   assert exc.value.code == 2
   err = capsys.readouterr().err
   assert err.count('\n') == 1, err  # one line
+  assert 'Traceback' not in err
   for text in expected:
-    assert text in err
+    assert text in err, err
   return err
 
 
 @pytest.mark.parametrize('argv, expected', [
-    (['compare', '--task', 'cifar'], ("unknown task 'cifar'", 'digits')),
+    (['compare', '--task', 'cifar'],
+     ("unknown task 'cifar'", 'digits, digits-cnn, charlm, rosenbrock, '
+      'rastrigin')),
     (['compare', '--methods', 'lion,nope'],
-     ('unknown method(s) nope', 'valid methods:', 'lion_kappa', 'adamw')),
+     ('unknown method(s) nope', 'valid methods: all,', 'lion_kappa', 'adamw',
+      'optax.muon')),
     (['compare', '--methods', ' , '], ('--methods is empty',)),
     (['compare', '--steps', '0'], ('--steps', 'positive integer, got 0')),
     (['compare', '--steps', 'ten'], ('--steps', "got 'ten'")),
     (['compare', '--seeds', '-2'], ('--seeds', 'positive integer, got -2')),
     (['compare', '--batch-size', '0'], ('--batch-size',)),
+    (['compare', '--set', 'lion.learning_rate'],
+     ("malformed --set 'lion.learning_rate'", 'method.key=value')),
+    (['compare', '--set', 'learning_rate=1e-3'], ('malformed --set',)),
+    (['compare', '--set', 'lion.=1e-3'], ('malformed --set',)),
+    (['compare', '--set', 'lion.learning_rate='], ('malformed --set',)),
+    (['compare', '--methods', 'lion', '--set', 'lion.lr=1e-3'],
+     ('lion has no hyperparameter lr', 'valid: learning_rate', 'b1')),
+    (['compare', '--methods', 'lion', '--set', 'adamw.learning_rate=1e-3'],
+     ('--set names adamw, which is not among the methods run (lion)',)),
+    (['compare', '--methods', 'lion', '--set', 'lion.learning_rate=-1'],
+     ('lion(', 'learning_rate=-1', 'out of range')),
+    (['compare', '--methods', 'optax.lion', '--set',
+      'optax.lion.b1=nonsense'], ('optax.lion(',)),
+    (['bench', '--trees', 'vgg'],
+     ('unknown tree(s) vgg', 'valid trees:', 'transformer', 'resnet')),
+    (['bench', '--cases', 'lion,zzz'],
+     ('unknown case(s) zzz', 'valid cases:', 'optax.lion')),
+    (['bench', '--reps', '0'], ('--reps', 'positive integer, got 0')),
     (['frobnicate'], ('invalid choice',)),
     ([], ('required',)),
 ])
@@ -40,93 +65,210 @@ def test_bad_input_exits_2_with_one_line(capsys, argv, expected):
   _fails(capsys, argv, *expected)
 
 
-def test_unwritable_output_folder(capsys, tmp_path):
+@pytest.mark.parametrize('command', [['compare', '--methods', 'lion',
+                                      '--steps', '1'],
+                                     ['bench', '--trees', 'tiny-resnet',
+                                      '--cases', 'lion']])
+def test_unwritable_output_folder(capsys, tmp_path, command):
   blocker = tmp_path / 'file.txt'
   blocker.write_text('not a folder')
-  _fails(capsys, ['compare', '--methods', 'lion', '--steps', '1',
-                  '--output', str(blocker / 'sub')],
+  _fails(capsys, command + ['--output', str(blocker / 'sub')],
          'cannot write to output folder', 'file.txt')
 
 
 def test_module_entry_point_has_no_traceback():
   proc = subprocess.run(
-      [sys.executable, '-m', 'optimflow', 'compare', '--methods', 'bogus'],
+      [sys.executable, '-m', 'optimflow', 'compare', '--set', 'lion.bogus=1',
+       '--methods', 'lion'],
       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode == 2
   assert 'Traceback' not in proc.stderr
-  assert proc.stderr.strip().startswith('optimflow compare: error: unknown')
+  assert proc.stderr.strip() == (
+      'optimflow compare: error: lion has no hyperparameter bogus; valid: '
+      + ', '.join(compare.hyperparameter_names('lion')))
+
+
+def test_help_documents_tasks_methods_and_options(capsys):
+  with pytest.raises(SystemExit) as exc:
+    cli.main(['compare', '--help'])
+  assert exc.value.code == 0
+  out = capsys.readouterr().out
+  for text in ('--task', '--methods', '--set', '--seeds', '--steps',
+               '--output', '--batch-size', 'METHOD.KEY=VALUE', 'results.md',
+               'trajectories.png', '"all"', *compare.TASKS,
+               *compare.BASELINES, *compare.catalog_methods()):
+    assert text in out, text
+  with pytest.raises(SystemExit):
+    cli.main(['bench', '--help'])
+  out = capsys.readouterr().out
+  for text in ('--trees', '--cases', '--reps', '--no-torch', 'bench.json',
+               'floor'):
+    assert text in out, text
+
+
+def test_parse_set_values():
+  assert cli.parse_set('sam.rho=0.1') == ('sam', 'rho', 0.1)
+  assert cli.parse_set('muon.nesterov=false') == ('muon', 'nesterov', False)
+  assert cli.parse_set('swan.output_scale=None') == ('swan', 'output_scale',
+                                                     None)
+  assert cli.parse_set(' lion . weight_decay = 2 ') == ('lion',
+                                                         'weight_decay', 2)
+  with pytest.raises(ValueError, match='malformed'):
+    cli.parse_set('lion')
 
 
 def test_list_prints_catalog(capsys):
   assert cli.main(['list']) == 0
   out = capsys.readouterr().out
+  assert out.splitlines()[0].split() == ['name', 'family', 'kind', 'paper']
   for m in catalog.METHODS:
-    assert m.name in out and m.family in out
+    assert m.name in out and m.family in out and m.paper[:40] in out
 
 
-def test_default_methods_are_trainable_catalog_entries_and_adamw():
+def test_default_and_all_methods():
   names = cli.default_methods()
   assert names[-1] == 'adamw'
   want = [m.name for m in catalog.METHODS
           if m.kind in ('transformation', 'extra_args')]
   assert names[:-1] == want
+  assert compare.valid_methods() == want + list(compare.BASELINES)
+  parser = cli.build_parser()
+  assert cli._methods(parser, 'all') == compare.valid_methods()
+  assert cli._methods(parser, 'adamw,all') == (
+      ['adamw'] + [n for n in compare.valid_methods() if n != 'adamw'])
 
 
-def test_method_spec():
+def test_method_spec_uses_task_hyperparameters():
   for m in catalog.METHODS:
     if m.kind == 'extra_args':
       assert 'grad_fn' in cli.method_spec(m.name).needs
-  spec = cli.method_spec('adam')
+  lion = catalog.get('lion')
+  assert compare.method_spec('lion').hyperparameters == dict(lion.defaults)
+  assert (compare.method_spec('lion', 'function').hyperparameters
+          == dict(lion.test_kwargs))
+  spec = compare.method_spec('adam', 'network', {'b1': 0.8})
   assert spec.source == 'optax' and spec.needs == ()
-  assert spec.hyperparameters == {'learning_rate': 1e-3}
+  assert spec.hyperparameters == {'learning_rate': 1e-3, 'b1': 0.8}
+  assert compare.hyperparameter_names('adam')[:2] == ['learning_rate', 'b1']
 
 
-def _compare(tmp, capsys, *extra):
-  assert cli.main(['compare', '--task', 'digits', '--methods', 'lion,adamw',
-                   '--steps', '20', '--no-progress', '--output', str(tmp),
+def _compare(tmp, capsys, *extra, methods='lion,adamw', task='digits',
+             steps='20'):
+  assert cli.main(['compare', '--task', task, '--methods', methods,
+                   '--steps', steps, '--no-progress', '--output', str(tmp),
                    *extra]) == 0
   return capsys.readouterr().out, json.loads((tmp / 'results.json').read_text())
 
 
-def _without_timing(results):
-  for r in results['results']:
-    del r['ms_per_step']
-  return results
+def _header(out):
+  return ' '.join(out.splitlines()[0].split())
 
 
 def test_tiny_run_writes_results_and_is_deterministic(tmp_path, capsys):
   out, res = _compare(tmp_path / 'a', capsys)
-  header = out.splitlines()[0].split()
-  assert ' '.join(header) == ('method train loss test acc ms/step state bytes '
-                              'grad evals/step')
-  assert (tmp_path / 'a' / 'curves.png').stat().st_size > 5_000
+  assert _header(out) == ('method train loss test acc ms/step state bytes '
+                          'grad evals/step')
+  for name in ('loss_vs_steps.png', 'loss_vs_time.png'):
+    assert (tmp_path / 'a' / name).stat().st_size > 5_000
+  assert not (tmp_path / 'a' / 'trajectories.png').exists()
+  md = (tmp_path / 'a' / 'results.md').read_text()
+  assert '| method | train loss | test acc | ms/step | state bytes |' in md
+  assert '![train loss against step](loss_vs_steps.png)' in md
+  assert "- `lion` (catalog): learning_rate=0.0003, weight_decay=0.01" in md
   assert res['task'] == 'digits' and res['steps'] == 20
   assert res['seeds'] == [0] and res['methods'] == ['lion', 'adamw']
+  assert res['metric'] == {'name': 'test accuracy', 'short': 'test acc',
+                           'higher_is_better': True}
+  assert res['machine']['cpu_count'] >= 1
   lion, adamw = res['results']
   for r in (lion, adamw):
-    assert set(r) >= {'method', 'train_loss', 'test_accuracy', 'ms_per_step',
-                      'opt_state_bytes', 'grad_evals_per_step', 'curves'}
     assert len(r['curves']['train_loss'][0]) == 20
+    assert len(r['curves']['step_time_s'][0]) == 20
     assert r['grad_evals_per_step'] == 1
-    assert 0.0 < r['test_accuracy']['mean'] <= 1.0
+    assert 0.0 < r['test_metric']['mean'] <= 1.0
+    assert r['test_metric']['mean'] == r['curves']['test_metric'][0][-1]
   # Lion keeps one moment, AdamW two (plus their int32 counters).
   assert adamw['opt_state_bytes'] - 4 == 2 * (lion['opt_state_bytes'] - 4)
   assert lion['source'] == 'catalog' and adamw['source'] == 'optax'
 
   _, again = _compare(tmp_path / 'b', capsys)
-  assert _without_timing(again) == _without_timing(res)
+  assert compare.without_timing(again) == compare.without_timing(res)
+  assert again['results'][0]['ms_per_step'] != {}
+
+
+def test_set_overrides_reach_the_optimizer(tmp_path, capsys):
+  _, base = _compare(tmp_path / 'a', capsys, methods='lion', steps='5')
+  _, changed = _compare(tmp_path / 'b', capsys, '--set',
+                        'lion.learning_rate=3e-3', '--set', 'lion.b1=0.5',
+                        methods='lion', steps='5')
+  hyper = changed['results'][0]['hyperparameters']
+  assert hyper == {'learning_rate': 3e-3, 'weight_decay': 1e-2, 'b1': 0.5}
+  assert changed['overrides'] == {'lion': {'learning_rate': 3e-3, 'b1': 0.5}}
+  assert (changed['results'][0]['curves']['train_loss']
+          != base['results'][0]['curves']['train_loss'])
 
 
 def test_seeds_give_mean_and_std(tmp_path, capsys):
-  out, res = _compare(tmp_path, capsys, '--seeds', '2', '--steps', '5')
-  acc = res['results'][0]['test_accuracy']
+  out, res = _compare(tmp_path, capsys, '--seeds', '2', steps='5')
+  acc = res['results'][0]['test_metric']
   assert len(acc['values']) == 2 and acc['std'] >= 0
+  assert acc['mean'] == pytest.approx(np.mean(acc['values']))
   assert '±' in out
 
 
-def test_extra_args_methods_get_grad_fn(tmp_path, capsys, monkeypatch):
-  import dataclasses
+def test_function_task_trajectories(tmp_path, capsys):
+  out, res = _compare(tmp_path, capsys, '--seeds', '2', methods='lion,sam',
+                      task='rosenbrock', steps='30')
+  assert _header(out) == ('method train loss dist to opt ms/step state bytes '
+                          'grad evals/step')
+  assert (tmp_path / 'trajectories.png').stat().st_size > 10_000
+  assert '![trajectories on the contour (2-D functions)](trajectories.png)' in (
+      tmp_path / 'results.md').read_text()
+  lion, sam = res['results']
+  assert lion['hyperparameters'] == dict(catalog.get('lion').test_kwargs)
+  assert sam['grad_evals_per_step'] == 2
+  path0, path1 = (np.asarray(p) for p in lion['trajectories'])
+  assert path0.shape == (31, 2)
+  np.testing.assert_allclose(path0[0], [-1.5, 2.0])  # seed 0: canonical
+  assert not np.allclose(path1[0], path0[0])  # seed 1: moved start
+  problem = compare.get_task('rosenbrock').load()
+  np.testing.assert_allclose(
+      lion['test_metric']['values'],
+      [np.linalg.norm(p[-1] - np.asarray(problem.optimum))
+       for p in (path0, path1)], rtol=1e-6)
+  np.testing.assert_allclose(
+      lion['train_loss']['values'][0], float(problem.loss(path0[-1])),
+      rtol=1e-5)
+  # The loss at step k is f(x_{k-1}).
+  np.testing.assert_allclose(lion['curves']['train_loss'][0][:3],
+                             [float(problem.loss(x)) for x in path0[:3]],
+                             rtol=1e-5)
 
+
+def test_function_task_is_deterministic():
+  a, b = (compare.compare('rastrigin', ['adam', 'auon'], steps=15, seeds=2,
+                          progress=False) for _ in range(2))
+  assert compare.without_timing(a) == compare.without_timing(b)
+
+
+@pytest.mark.parametrize('task, metric', [('digits-cnn', 'test acc'),
+                                          ('charlm', 'valid bpc')])
+def test_other_network_tasks(tmp_path, capsys, monkeypatch, task, metric):
+  if task == 'charlm':
+    pytest.importorskip('optimflow.tasks.charlm')
+  monkeypatch.setitem(compare.CHARLM, 'max_chars', 20_000)
+  monkeypatch.setitem(compare.CHARLM, 'd_model', 16)
+  out, res = _compare(tmp_path, capsys, '--batch-size', '16',
+                      methods='adamw', task=task, steps='3')
+  assert _header(out).split()[3:5] == metric.split()
+  r = res['results'][0]
+  assert res['batch_size'] == 16 and len(r['curves']['train_loss'][0]) == 3
+  if task == 'charlm':  # bits per character: nats / log 2, near log2(96)
+    assert 4.0 < r['test_metric']['mean'] < 8.0
+    assert res['metric']['higher_is_better'] is False
+
+
+def test_extra_args_methods_get_grad_fn(tmp_path, capsys, monkeypatch):
   import jax
   import optax
 
@@ -150,9 +292,7 @@ def test_extra_args_methods_get_grad_fn(tmp_path, capsys, monkeypatch):
       needs=('grad_fn',))
   monkeypatch.setattr(catalog, 'METHODS', catalog.METHODS + (fake,))
   monkeypatch.setitem(catalog._BY_NAME, 'fake_sam', fake)
-  assert cli.main(['compare', '--methods', 'fake_sam', '--steps', '10',
-                   '--no-progress', '--output', str(tmp_path)]) == 0
-  res = json.loads((tmp_path / 'results.json').read_text())
+  _, res = _compare(tmp_path, capsys, methods='fake_sam', steps='10')
   assert res['results'][0]['grad_evals_per_step'] == 2
   assert res['results'][0]['hyperparameters'] == {'learning_rate': 0.1,
                                                   'rho': 0.05}

@@ -1,0 +1,286 @@
+"""``python -m optimflow bench``: update step time against optax, PyTorch peers
+and the hardware floors.
+
+Wraps the repository's ``benchmarks/`` folder: the cases registered in
+``benchmarks/step_time.py`` (``CASES``: optimflow and optax transformations;
+``TORCH_CASES``: PyTorch peers, present when torch and the peer packages are
+installed) plus one case per catalog entry that has no row there (built with
+its ``defaults``; methods that need ``grad_fn`` get an elementwise stand-in
+``grad_fn(w) = g + 1e-3 w``, so their row times the optimizer's own work, not
+a second backward pass). Every chosen case and its baseline are timed
+round-robin in one process on each parameter tree (``transformer``: 23M
+parameters, ``resnet``: ResNet-18 shaped, 11.7M), and two floors are measured
+in the same run (:mod:`benchmarks.floors`): the memory floor (bytes the
+update must move / measured copy bandwidth of a donated buffer) and the
+matmul floor (matmul FLOPs / measured float32 matmul rate). A case's floor is
+the larger of the two; PyTorch rows get the floor of their baseline.
+
+The report, per tree: median milliseconds, the ratio to the baseline (optax's
+nearest equivalent for optimflow rows, the optimflow row for PyTorch peers),
+the floor, its bound, the ratio to the floor and the state bytes.
+
+Examples:
+  >>> from optimflow import bench
+  >>> p = bench.plan(['tiny-transformer'], 'lion', torch=False)
+  >>> p.names
+  ['optax.lion', 'lion']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import jax
+import optax
+
+from optimflow import catalog
+from optimflow import report
+
+#: Catalog ``optax_equivalent`` -> the benchmark case that times it.
+OPTAX_CASES = {
+    'lion': 'optax.lion',
+    'adamw': 'optax.adamw',
+    'sgd': 'optax.sgd_momentum',
+    'contrib.muon': 'optax.contrib.muon',
+    'contrib.sam': 'optax.contrib.sam',
+}
+
+
+def load_benchmarks() -> tuple[ModuleType, ModuleType]:
+  """``benchmarks.step_time`` and ``benchmarks.floors``.
+
+  Found on ``sys.path`` (running from the repository root) or next to this
+  package (an editable install or a clone).
+
+  Raises:
+    ImportError: no ``benchmarks/`` folder is reachable.
+  """
+  try:
+    return (importlib.import_module('benchmarks.step_time'),
+            importlib.import_module('benchmarks.floors'))
+  except ModuleNotFoundError as e:
+    if not (e.name or '').startswith('benchmarks'):
+      raise
+  root = Path(__file__).resolve().parents[1]
+  if not (root / 'benchmarks' / 'step_time.py').is_file():
+    raise ImportError('the bench command needs the benchmarks/ folder of the '
+                      'repository: run it from a clone (pip install -e .)')
+  sys.path.insert(0, str(root))
+  return (importlib.import_module('benchmarks.step_time'),
+          importlib.import_module('benchmarks.floors'))
+
+
+def _stand_in_grad_fn(grads: Any) -> Any:
+  """``grad_fn(w) = g + 1e-3 w``: one elementwise pass, no backward pass."""
+  return lambda params: jax.tree.map(lambda g, w: g + 1e-3 * w, grads, params)
+
+
+def _catalog_tx(entry: catalog.Method) -> optax.GradientTransformation:
+  tx = entry.build()
+  if 'grad_fn' not in entry.needs:
+    return tx
+
+  def update(grads, state, params=None):
+    return tx.update(grads, state, params, grad_fn=_stand_in_grad_fn(grads))
+
+  return optax.GradientTransformation(tx.init, update)
+
+
+def _has_row(name: str, cases: dict[str, Any]) -> bool:
+  return name in cases or any(c.startswith(name + '(') for c in cases)
+
+
+def register_catalog_cases(st: ModuleType) -> list[str]:
+  """Adds to ``st.CASES`` a case for every catalog entry without one.
+
+  Returns:
+    The names added.
+  """
+  added = []
+  for entry in catalog.METHODS:
+    if (entry.kind not in ('transformation', 'extra_args')
+        or set(entry.needs) - {'grad_fn'} or _has_row(entry.name, st.CASES)):
+      continue
+    base = OPTAX_CASES.get(entry.optax_equivalent or '')
+    note = 'catalog defaults'
+    if 'grad_fn' in entry.needs:
+      note += '; grad_fn: elementwise stand-in'
+    st.CASES[entry.name] = st.Case(
+        functools.partial(_catalog_tx, entry),
+        baseline=base if base in st.CASES else None, note=note)
+    added.append(entry.name)
+  return added
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What a bench run times: trees and case names (baselines included)."""
+
+  trees: list[str]
+  names: list[str]
+
+
+def plan(trees: Sequence[str], cases: str = 'all', *,
+         torch: bool = True) -> Plan:
+  """Validates the trees and cases of a run.
+
+  Args:
+    trees: names in ``benchmarks.step_time.TREES``.
+    cases: ``'all'`` or comma-separated case names; each case's baseline is
+      added.
+    torch: include the PyTorch peers (for ``'all'``).
+
+  Returns:
+    A :class:`Plan`.
+
+  Raises:
+    ValueError: an unknown tree or case (the message lists the valid ones).
+    ImportError: the ``benchmarks/`` folder is not reachable.
+  """
+  st, _ = load_benchmarks()
+  register_catalog_cases(st)
+  trees = [t.strip() for t in trees if t.strip()]
+  unknown = [t for t in trees if t not in st.TREES]
+  if unknown or not trees:
+    raise ValueError(f'unknown tree(s) {", ".join(unknown) or "(none)"}; '
+                     f'valid trees: {", ".join(st.TREES)}')
+  torch_names = list(st.TORCH_CASES) if torch else []
+  valid = list(st.CASES) + torch_names
+  if cases.strip() == 'all':
+    names = valid
+  else:
+    names = list(dict.fromkeys(c.strip() for c in cases.split(',')
+                               if c.strip()))
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+      raise ValueError(f'unknown case(s) {", ".join(bad) or "(none)"}; '
+                       f'valid cases: {", ".join(valid)}')
+  return Plan(trees, st.with_baselines(names))
+
+
+def _cost(st: ModuleType, fl: ModuleType, case: Any, params: Any) -> Any:
+  tx, grads, state = st.jax_inputs(case, params)
+  return fl.update_cost(tx.update, grads, state, params)
+
+
+def _log(progress: bool, text: str) -> None:
+  if progress:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run(p: Plan, *, reps: int = 10, progress: bool = False) -> dict[str, Any]:
+  """Times the plan on each tree and attaches the floors.
+
+  Args:
+    p: from :func:`plan`.
+    reps: timed round-robin repetitions.
+    progress: one line on stderr per phase.
+
+  Returns:
+    The content of ``bench.json``: the machine, and per tree its size, the
+    measured rates and one row per case (median ms, ratio to the baseline,
+    state bytes, bytes moved, matmul FLOPs, floor ms, bound, ratio to the
+    floor).
+  """
+  st, fl = load_benchmarks()
+  out: dict[str, Any] = {'machine': report.machine_info(), 'reps': reps,
+                         'trees': []}
+  for tree in p.trees:
+    params = st.TREES[tree]()
+    nbytes = st.tree_bytes(params)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    _log(progress, f'{tree}: {n_params / 1e6:.2f}M parameters; measuring '
+         'costs and floors')
+    costs = {}
+    for name in p.names:
+      if name in st.CASES:
+        try:
+          costs[name] = _cost(st, fl, st.CASES[name], params)
+        except Exception as e:  # pylint: disable=broad-except
+          _log(progress, f'  no floor for {name}: {type(e).__name__}: {e}')
+    buffer = min(max(nbytes, 32 << 20), 256 << 20)
+    rates = fl.measure_rates(buffer)
+    _log(progress, f'{tree}: timing {len(p.names)} cases x {reps} reps')
+    rows = st.run(p.names, tree, reps)
+    again = fl.measure_rates(buffer)  # rates are the best of both
+    rates = fl.Rates(max(rates.copy_bytes_per_s, again.copy_bytes_per_s),
+                     max(rates.matmul_flops_per_s, again.matmul_flops_per_s),
+                     rates.copy_buffer_bytes, rates.matmul_size)
+    floors = {}
+    for name, cost in costs.items():
+      seconds, bound = fl.floor_seconds(cost, rates)
+      floors[name] = dict(bytes_moved=cost.bytes_moved,
+                          matmul_flops=cost.matmul_flops,
+                          floor_exact=cost.exact, floor_ms=1e3 * seconds,
+                          bound=bound)
+    for row in rows:
+      floor = floors.get(row['case'])
+      if floor is None and row['case'] in st.TORCH_CASES:
+        floor = floors.get(row['baseline'])
+        row['note'] = '; '.join(filter(None, [
+            row['note'], f'floor of {row["baseline"]}' if floor else '']))
+      row.update(floor or dict(bytes_moved=None, matmul_flops=None,
+                               floor_exact=None, floor_ms=None, bound=None))
+      row['ratio_to_floor'] = (row['median_ms'] / row['floor_ms']
+                               if row['floor_ms'] else None)
+    out['trees'].append({
+        'tree': tree, 'n_params': int(n_params), 'param_bytes': int(nbytes),
+        'rates': dataclasses.asdict(rates), 'rows': rows})
+  return out
+
+
+def _ratio(x: Any) -> str:
+  return '' if x is None else f'{x:.2f}x'
+
+
+def _rows_markdown(rows: list[dict[str, Any]]) -> str:
+  return report.markdown_table([{
+      'case': r['case'],
+      'median ms': f'{r["median_ms"]:.2f}',
+      'vs baseline': _ratio(r['ratio']),
+      'baseline': r['baseline'] or '',
+      'floor ms': '' if r['floor_ms'] is None else f'{r["floor_ms"]:.2f}',
+      'bound': r['bound'] or '',
+      'vs floor': _ratio(r['ratio_to_floor']),
+      'state MB': f'{r["state_bytes"] / 2**20:.1f}',
+  } for r in rows], align='lrrlrlrr')
+
+
+def markdown(result: dict[str, Any], heading: str = '###') -> str:
+  """The report: per tree, its rates and the table."""
+  parts = [f'Machine: {report.describe_machine(result["machine"])}; median '
+           f'of {result["reps"]} round-robin repetitions. "vs baseline": '
+           'median over the baseline\'s (optax\'s nearest equivalent; for '
+           'PyTorch peers, the optimflow row). "floor": the larger of bytes '
+           'moved / copy bandwidth (memory) and matmul FLOPs / matmul rate '
+           '(matmul), both measured in the same run.']
+  for t in result['trees']:
+    r = t['rates']
+    parts.append(
+        f'{heading} {t["tree"]}: {t["n_params"] / 1e6:.1f}M parameters '
+        f'({t["param_bytes"] / 2**20:.1f} MB)\n\n'
+        f'Copy bandwidth {r["copy_bytes_per_s"] / 1e9:.1f} GB/s (donated '
+        f'{r["copy_buffer_bytes"] / 2**20:.0f} MB buffer), matmul '
+        f'{r["matmul_flops_per_s"] / 1e9:.1f} GFLOP/s (float32 '
+        f'{r["matmul_size"]}x{r["matmul_size"]}).\n\n'
+        + _rows_markdown(t['rows']))
+    notes = [f'- `{row["case"]}`: {row["note"]}' for row in t['rows']
+             if row.get('note')]
+    if notes:
+      parts.append('Notes:\n\n' + '\n'.join(notes))
+  return '\n\n'.join(parts) + '\n'
+
+
+def write_outputs(result: dict[str, Any], folder: Path) -> list[Path]:
+  """Writes ``bench.json`` and ``bench.md`` to ``folder``."""
+  folder = Path(folder)
+  (folder / 'bench.json').write_text(json.dumps(result, indent=1) + '\n')
+  (folder / 'bench.md').write_text('# bench\n\n' + markdown(result))
+  return [folder / 'bench.json', folder / 'bench.md']

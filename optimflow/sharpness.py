@@ -246,7 +246,8 @@ def sam(
     del params
     return optax.EmptyState()
 
-  def update_fn(updates, state, params=None, *, grad_fn=None, **extra_args):
+  def update_fn(updates, state, params=None, *,
+                grad_fn: Optional[GradFn] = None, **extra_args):
     del extra_args
     if grad_fn is None:
       raise ValueError(_MISSING_GRAD_FN.format(name=name))
@@ -640,13 +641,13 @@ def _raise_if_out_of_range(ids: np.ndarray, num_examples: int) -> None:
 
 
 def _check_ids(ids: jax.Array, num_examples: int) -> None:
-  if isinstance(ids, jax.core.Tracer):
-    jax.debug.callback(
-        functools.partial(_raise_if_out_of_range, num_examples=num_examples),
-        ids,
-    )
-  else:
+  if not isinstance(ids, jax.core.Tracer):
     _raise_if_out_of_range(np.asarray(ids), num_examples)
+    return
+  # Under jit: the host callback (which raises) only runs on bad ids.
+  raise_ = functools.partial(_raise_if_out_of_range, num_examples=num_examples)
+  bad = jnp.any((ids < 0) | (ids >= num_examples))
+  jax.lax.cond(bad, lambda: jax.debug.callback(raise_, ids), lambda: None)
 
 
 class OutputBank(NamedTuple):
@@ -660,9 +661,12 @@ class OutputBank(NamedTuple):
   floats. Keep the bank in the train state (one global bank, indexed by the
   example's position in the training set).
 
-  Ids outside ``[0, num_examples)`` raise ``IndexError`` (under ``jit``
-  through a host callback, as a ``JaxRuntimeError`` carrying the message);
-  pass ``check=False`` to skip the check.
+  Ids outside ``[0, num_examples)`` raise ``IndexError``. Concrete ids are
+  checked on the host for free; under ``jit`` the check is a host callback
+  that runs only on bad ids (the error arrives as a ``JaxRuntimeError``
+  carrying the message) but its presence alone costs about 0.5 ms per step
+  on CPU. In a training loop, check the batch's ids on the host with
+  :meth:`check` and pass ``check=False`` inside the jitted step.
 
   Examples:
     >>> import jax.numpy as jnp, optimflow
@@ -707,6 +711,13 @@ class OutputBank(NamedTuple):
   @property
   def e_tilde(self) -> int:
     return self.logits.shape[1] - 1
+
+  def check(self, ids: Any) -> None:
+    """Raises ``IndexError`` unless every id lies in ``[0, num_examples)``.
+
+    Host-side (NumPy) and cheap: call it on each batch's ids outside ``jit``.
+    """
+    _raise_if_out_of_range(np.asarray(ids), self.num_examples)
 
   def reference(
       self, ids: jax.Array, epoch: int | jax.Array, *, check: bool = True

@@ -190,6 +190,21 @@ def test_saf_loss_records_the_forward_logits_and_uses_the_reference():
   np.testing.assert_allclose(values[2], expected, rtol=1e-5)
 
 
+def test_saf_loss_checks_ids_under_jit_unless_told_not_to():
+  model = BNNet(nnx.Rngs(0))
+  x, y = _batch(4)
+  bank = optimflow.OutputBank.create(6, 3, e_tilde=1)
+  bad = jnp.array([0, 1, 2, 9])
+  optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+  checked = onnx.train_step(onnx.saf_loss(_ce), has_aux=True)
+  with pytest.raises(Exception, match='out of the output bank range'):
+    jax.block_until_ready(checked(model, optimizer, x, y, bad, 0, bank))
+  unchecked = onnx.train_step(onnx.saf_loss(_ce, check_ids=False),
+                              has_aux=True)
+  value, _ = unchecked(model, optimizer, x, y, bad, 0, bank)
+  assert np.isfinite(float(value))
+
+
 def test_mesa_step_adds_the_kl_to_the_ema_teacher():
   model = BNNet(nnx.Rngs(0))
   x, y = _batch()

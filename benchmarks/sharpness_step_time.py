@@ -1,0 +1,81 @@
+"""Training-step time of SGD, SAM, ASAM, SAF and MESA on the digits MLP.
+
+Sharpness-aware methods change the whole training step (extra passes, a
+loss term, an output bank), not only the optimizer update, so they are timed
+here as full jitted train steps (forward, backward, update) on the digits
+MLP 64-256-256-10, built and timed by ``examples/sharpness.py``
+(:func:`time_steps`): every step is compiled and warmed up, then the methods
+run round-robin, ``--steps`` steps each per round (``block_until_ready`` at
+the end of each block) for ``--reps`` rounds; the table reports the median
+time per step and the ratio to SGD, at the training batch (64, where
+per-step overhead dominates on CPU) and at a large batch (1024, where the
+passes' compute dominates). Target: SAF <= 1.15x SGD; SAM ~2x. SAF checks its
+example ids on the host; the extra row checks them under jit instead.
+
+    python benchmarks/sharpness_step_time.py [--reps 15] [--steps 20] [--batches 64,1024] [--json out.json]
+
+(The char-LM task does not exist yet; its rows will join here when it does.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from examples import sharpness as study  # noqa: E402  pylint: disable=g-import-not-at-top
+from optimflow import tasks  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def cases(cfg: study.Config) -> list[study.Method]:
+  """The example's methods (SAF checks ids on the host), plus SAF checking
+  them under jit."""
+  methods = list(study.methods(cfg))
+  saf = next(m for m in methods if m.loss == 'saf')
+  methods.insert(methods.index(saf) + 1, dataclasses.replace(
+      saf, name=saf.name + ' (ids checked in jit)', check_ids=True))
+  return methods
+
+
+def run(reps: int, steps: int, batches: tuple[int, ...] = (64, 1024),
+        cfg: study.Config = study.FULL) -> list[dict[str, Any]]:
+  """Median ms per step of each case and batch size, timed round-robin."""
+  data = tasks.load_digits()
+  cfg = dataclasses.replace(cfg, timing_reps=reps, timing_steps=steps)
+  rows = []
+  for batch in batches:
+    timed = study.time_steps(cases(cfg), data, cfg, batch)
+    base = timed['sgd']['ms']
+    rows += [{'batch': batch, 'method': name, 'fwd+bwd/step': t['passes'],
+              'ms/step': t['ms'], 'x sgd': t['ms'] / base}
+             for name, t in timed.items()]
+  return rows
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--reps', type=int, default=15)
+  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--batches', default='64,1024',
+                      help='comma-separated batch sizes')
+  parser.add_argument('--json', default=None, help='write rows as JSON here')
+  args = parser.parse_args(argv)
+  batches = tuple(int(b) for b in args.batches.split(','))
+  rows = run(args.reps, args.steps, batches)
+  print(f'digits MLP 64-256-256-10, {jax.devices()[0].platform}; median of '
+        f'{args.reps} rounds x {args.steps} steps (MESA: +1 forward pass)')
+  print(tasks.format_table(rows, floatfmt='.3g'))
+  if args.json:
+    Path(args.json).write_text(json.dumps(rows, indent=2))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

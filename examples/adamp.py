@@ -221,41 +221,47 @@ def pair_rows(runs: dict[str, list[Run]]) -> list[dict[str, Any]]:
   return rows
 
 
-def plot_norms(ax, runs: dict[str, list[Run]]) -> None:
-  """Mean relative norm of the conv kernels over seeds (one line per kernel)."""
+def _plot_per_kernel(ax, runs: dict[str, list[Run]],
+                     curve: Callable[[Run], tuple[np.ndarray, np.ndarray]],
+                     ylabel: str, title: str) -> None:
+  """One line per method and kernel: ``curve(run) -> (x, (n, kernels))``,
+  averaged over seeds; kernel 0 solid, kernel 1 dashed."""
   for i, (name, rs) in enumerate(runs.items()):
-    rel = np.mean([r.relative_norms for r in rs], axis=0)
-    for k in range(rel.shape[1]):
-      ax.plot(rs[0].steps, rel[:, k], color=f'C{i}', ls=('-', '--')[k % 2],
+    x = curve(rs[0])[0]
+    y = np.mean([curve(r)[1] for r in rs], axis=0)
+    for k in range(y.shape[1]):
+      ax.plot(x, y[:, k], color=f'C{i}', ls=('-', '--')[k % 2],
               label=f'{name} conv{k}')
   ax.set_xlabel('step')
-  ax.set_ylabel('||w|| / ||w_0||')
-  ax.set_title('norm of the scale-invariant conv kernels')
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
   ax.legend(fontsize=7, ncol=2)
+
+
+def plot_norms(ax, runs: dict[str, list[Run]]) -> None:
+  """Mean relative norm of the conv kernels over seeds (one line per kernel)."""
+  _plot_per_kernel(ax, runs, lambda r: (r.steps, r.relative_norms),
+                   '||w|| / ||w_0||', 'norm of the scale-invariant conv kernels')
 
 
 def plot_effective_step(ax, runs: dict[str, list[Run]]) -> None:
   """Mean angle turned per step by the conv kernels (log scale)."""
-  for i, (name, rs) in enumerate(runs.items()):
-    eff = np.mean([r.effective_step for r in rs], axis=0)
-    for k in range(eff.shape[1]):
-      ax.plot(rs[0].steps[1:], eff[:, k], color=f'C{i}',
-              ls=('-', '--')[k % 2], label=f'{name} conv{k}')
+  _plot_per_kernel(ax, runs, lambda r: (r.steps[1:], r.effective_step),
+                   'angle per step (rad)',
+                   'effective step size of the conv kernels')
   ax.set_yscale('log')
-  ax.set_xlabel('step')
-  ax.set_ylabel('angle per step (rad)')
-  ax.set_title('effective step size of the conv kernels')
-  ax.legend(fontsize=7, ncol=2)
 
 
 def plot_accuracy(ax, runs: dict[str, list[Run]]) -> None:
   """Mean test accuracy over seeds."""
+  lowest = 1.0
   for i, (name, rs) in enumerate(runs.items()):
     acc = np.mean([r.history.test_accuracy for r in rs], axis=0)
     ax.plot(rs[0].history.eval_steps, acc, color=f'C{i}', label=name)
+    lowest = min(lowest, float(np.median(acc)))
   ax.set_xlabel('step')
   ax.set_ylabel('test accuracy')
-  ax.set_ylim(0.5, 1.0)
+  ax.set_ylim(max(0.0, lowest - 0.2), 1.0)
   ax.set_title('digits CNN: test accuracy (mean of seeds)')
   ax.legend(fontsize=8)
 

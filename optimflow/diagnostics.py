@@ -34,32 +34,8 @@ def _f32(tree: Any) -> Any:
   )
 
 
-def _vdot(a: Any, b: Any) -> jax.Array:
-  return sum(
-      (jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))),
-      jnp.zeros([], jnp.float32),
-  )
-
-
-def _scale_tree(tree: Any, factor: jax.Array) -> Any:
-  return jax.tree.map(lambda x: factor * x, tree)
-
-
-def _tree_normal(key: jax.Array, tree: Any) -> Any:
-  leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(key, max(len(leaves), 1))
-  return treedef.unflatten(
-      [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
-  )
-
-
-def _tree_uniform(key: jax.Array, tree: Any) -> Any:
-  leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(key, max(len(leaves), 1))
-  return treedef.unflatten([
-      jax.random.uniform(k, x.shape, x.dtype, -1.0, 1.0)
-      for k, x in zip(keys, leaves)
-  ])
+def _uniform(key: jax.Array, shape: Any, dtype: Any) -> jax.Array:
+  return jax.random.uniform(key, shape, dtype, -1.0, 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=('loss_fn', 'iters'))
@@ -71,15 +47,16 @@ def _power_iteration(loss_fn, params, batch, key, iters):
     return jax.jvp(grad, (params,), (v,))[1]
 
   def normalized(v):
-    n = jnp.sqrt(_vdot(v, v))
-    return _scale_tree(v, jnp.where(n > 0, 1.0 / jnp.where(n > 0, n, 1.0), 0))
+    n = optax.tree.norm(v)
+    inverse = jnp.where(n > 0, 1.0 / jnp.where(n > 0, n, 1.0), 0.0)
+    return optax.tree.scale(inverse, v)
 
   def body(_, carry):
     v, _ = carry
     hv = hvp(v)
-    return normalized(hv), _vdot(v, hv)
+    return normalized(hv), optax.tree.vdot(v, hv).astype(jnp.float32)
 
-  v0 = normalized(_tree_normal(key, params))
+  v0 = normalized(optax.tree.random_like(key, params))
   _, eigenvalue = jax.lax.fori_loop(
       0, iters, body, (v0, jnp.zeros([], jnp.float32))
   )
@@ -143,8 +120,8 @@ def _projector(norm: str, rho: jax.Array) -> Callable[[Any], Any]:
     return lambda d: jax.tree.map(lambda x: jnp.clip(x, -rho, rho), d)
 
   def l2(d):
-    n = jnp.sqrt(_vdot(d, d))
-    return _scale_tree(d, jnp.minimum(1.0, rho / jnp.maximum(n, 1e-30)))
+    n = optax.tree.norm(d)
+    return optax.tree.scale(jnp.minimum(1.0, rho / jnp.maximum(n, 1e-30)), d)
 
   return l2
 
@@ -152,8 +129,7 @@ def _projector(norm: str, rho: jax.Array) -> Callable[[Any], Any]:
 def _ascent_direction(norm: str, g: Any) -> Any:
   if norm == 'linf':
     return jax.tree.map(jnp.sign, g)
-  n = jnp.sqrt(_vdot(g, g))
-  return _scale_tree(g, 1.0 / jnp.maximum(n, 1e-12))
+  return optax.tree.scale(1.0 / jnp.maximum(optax.tree.norm(g), 1e-12), g)
 
 
 @functools.partial(
@@ -188,9 +164,8 @@ def _worst_case(loss_fn, params, batch, rho, step_size, *, norm, adaptive,
   )
 
   def body(k, c):
-    z = project(jax.tree.map(
-        lambda d, a: d + c['eta'] * a, c['d'], _ascent_direction(norm, c['grad'])
-    ))
+    ascent = _ascent_direction(norm, c['grad'])
+    z = project(jax.tree.map(lambda d, a: d + c['eta'] * a, c['d'], ascent))
     a = jnp.where(k == 0, 1.0, 0.75)
     d = project(jax.tree.map(
         lambda d, z, p: d + a * (z - d) + (1 - a) * (d - p), c['d'], z,
@@ -234,11 +209,11 @@ def _worst_case(loss_fn, params, batch, rho, step_size, *, norm, adaptive,
 def _average_case(loss_fn, params, batch, rho, key, *, norm, adaptive,
                   n_iters):
   params = _f32(params)
-  noise = _tree_normal if norm == 'l2' else _tree_uniform
+  sampler = jax.random.normal if norm == 'l2' else _uniform
 
   def sample(args):
     k, r = args
-    u = noise(k, params)
+    u = optax.tree.random_like(k, params, sampler)
     shifted = jax.tree.map(
         lambda w, x: w + r * (jnp.abs(w) if adaptive else 1.0) * x,
         params, u,

@@ -207,7 +207,7 @@ def ema_model(
     >>> tx = optax.chain(optax.sgd(0.1), optimflow.param_ema(0.5))
     >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     >>> teacher = optimflow.nnx.ema_model(model, optimizer)
-    >>> bool((teacher.kernel[...] == model.kernel[...]).all())   # before any step
+    >>> bool((teacher.kernel[...] == model.kernel[...]).all())  # no step yet
     True
   """
   ema = optax.tree.get(nnx.as_pure(nnx.state(optimizer.opt_state)), 'ema')

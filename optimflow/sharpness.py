@@ -32,7 +32,7 @@ one forward pass of the EMA model.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,9 @@ import optax
 from optimflow import _checks
 
 GradFn = Callable[[optax.Params], optax.Updates]
-AdaptiveMask = Optional[Union[Any, Callable[[tuple[Any, ...], jax.Array], bool]]]
+AdaptiveMask = Optional[
+    Union[Any, Callable[[tuple[Any, ...], jax.Array], bool]]
+]
 MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
 
 _MISSING_GRAD_FN = (
@@ -653,7 +655,9 @@ def _check_ids(ids: jax.Array, num_examples: int) -> None:
 class OutputBank(NamedTuple):
   """SAF's per-example record of past logits, a jittable pytree.
 
-  ``logits`` has shape ``(num_examples, e_tilde + 1, num_classes)``: a ring
+  ``logits`` has shape ``(num_examples, e_tilde + 1, *output_shape)``, with
+  ``output_shape = (num_classes,)`` for a classifier or e.g. ``(context,
+  vocab)`` for a language model's per-position logits: a ring
   buffer over epochs. During epoch ``t`` the training step reads the logits
   example ``i`` had in epoch ``t - e_tilde`` (:meth:`reference`) and writes
   its current logits (:meth:`record`), which come from the training forward
@@ -684,7 +688,7 @@ class OutputBank(NamedTuple):
   def create(
       cls,
       num_examples: int,
-      num_classes: int,
+      num_classes: int | Sequence[int],
       e_tilde: int = 2,
       dtype: jax.typing.DTypeLike = jnp.float32,
   ) -> 'OutputBank':
@@ -692,7 +696,8 @@ class OutputBank(NamedTuple):
 
     Args:
       num_examples: size of the training set.
-      num_classes: number of logits per example.
+      num_classes: number of logits per example, or the shape of one
+        example's logits (e.g. ``(context, vocab)``).
       e_tilde: how many epochs back the reference lies (SAF uses 2 or 3).
       dtype: storage dtype.
 
@@ -700,9 +705,11 @@ class OutputBank(NamedTuple):
       The bank.
     """
     _checks.check_int_at_least('num_examples', num_examples, 1)
-    _checks.check_int_at_least('num_classes', num_classes, 1)
+    shape = (num_classes,) if isinstance(num_classes, int) else num_classes
+    for size in shape:
+      _checks.check_int_at_least('num_classes', size, 1)
     _checks.check_int_at_least('e_tilde', e_tilde, 1)
-    return cls(jnp.zeros((num_examples, e_tilde + 1, num_classes), dtype))
+    return cls(jnp.zeros((num_examples, e_tilde + 1, *shape), dtype))
 
   @property
   def num_examples(self) -> int:

@@ -283,9 +283,20 @@ def test_output_bank_returns_logits_from_e_tilde_epochs_ago(e_tilde):
   assert record._cache_size() == 1  # epochs and ids do not recompile
 
 
+def test_output_bank_holds_per_position_logits():
+  bank = optimflow.OutputBank.create(5, (4, 7), e_tilde=2)  # (context, vocab)
+  assert bank.logits.shape == (5, 3, 4, 7)
+  z = jnp.arange(2 * 4 * 7, dtype=jnp.float32).reshape(2, 4, 7)
+  bank = bank.record(jnp.array([3, 1]), 1, z)
+  np.testing.assert_array_equal(bank.reference(jnp.array([1, 3]), 3), z[::-1])
+  with pytest.raises(ValueError, match='num_classes=0'):
+    optimflow.OutputBank.create(5, (4, 0))
+
+
 def test_output_bank_rejects_out_of_range_ids():
   bank = optimflow.OutputBank.create(5, 3)
-  with pytest.raises(IndexError, match=r'out of the output bank range \[0, 5\)'):
+  with pytest.raises(IndexError,
+                     match=r'out of the output bank range \[0, 5\)'):
     bank.reference(jnp.array([1, 5]), 3)
   with pytest.raises(IndexError, match=r'got \[-1\]'):
     bank.record(np.array([-1, 0]), 0, jnp.zeros((2, 3)))
@@ -390,7 +401,8 @@ def test_bad_hyperparameters_raise(factory, kwargs, match):
     optimflow.sam(0.1), optimflow.asam(), optimflow.sam_sgd(0.1)])
 def test_missing_grad_fn_names_the_keyword_and_how_to_build_it(tx):
   params = {'w': jnp.ones(2)}
-  with pytest.raises(ValueError, match='needs the keyword argument grad_fn') as e:
+  with pytest.raises(ValueError,
+                     match='needs the keyword argument grad_fn') as e:
     tx.update(params, tx.init(params), params)
   assert 'jax.grad(loss_fn)(p, batch)' in str(e.value)
   assert 'optimflow.nnx.grad_fn' in str(e.value)

@@ -173,6 +173,27 @@ CASES.update({
         baseline='muon'),
 })
 
+# Orthogonal updates. optax.contrib.muon routes every 2-D leaf to Muon (the
+# 8192x512 embedding too); optimflow.muon sends embeddings and heads to AdamW.
+# On 'transformer-noembed' both route the same leaves.
+_MUON_LR, _AUX_LR = 0.02, 3e-4
+CASES.update({
+    'optax.contrib.muon': Case(lambda: optax.contrib.muon(
+        _MUON_LR, adam_learning_rate=_AUX_LR)),
+    'muon': Case(lambda: optimflow.muon(_MUON_LR, adam_learning_rate=_AUX_LR),
+                 baseline='optax.contrib.muon',
+                 note='same-shape batches, Gram NS for rectangular'),
+    'muon(reference)': Case(
+        lambda: optimflow.muon(_MUON_LR, adam_learning_rate=_AUX_LR,
+                               reference=True),
+        baseline='optax.contrib.muon', note='per-leaf plain NS, float32'),
+    'auon': Case(lambda: optimflow.auon(0.05, adam_learning_rate=_AUX_LR),
+                 baseline='muon'),
+    'hybrid_auon': Case(
+        lambda: optimflow.hybrid_auon(0.05, adam_learning_rate=_AUX_LR),
+        baseline='muon'),
+})
+
 # PyTorch peers: name -> Case whose build(params) returns a torch optimizer.
 TORCH_CASES: dict[str, Case] = {}
 
@@ -214,6 +235,25 @@ def _register_radial_torch_cases() -> None:
 
 
 _register_radial_torch_cases()
+
+
+def _register_orthogonal_torch_cases() -> None:
+  """pytorch_optimizer's Muon: every >= 2-D tensor to Muon, others AdamW."""
+  try:
+    import pytorch_optimizer  # noqa: F401
+  except ImportError:
+    return
+
+  def build(ps):
+    return pytorch_optimizer.Muon(
+        [{'params': [p for p in ps if p.ndim >= 2], 'use_muon': True},
+         {'params': [p for p in ps if p.ndim < 2], 'use_muon': False}],
+        lr=_MUON_LR, adamw_lr=_AUX_LR)
+
+  TORCH_CASES['torch:pytorch_optimizer.Muon'] = Case(build, baseline='muon')
+
+
+_register_orthogonal_torch_cases()
 
 
 def _register_orthogonal_torch_cases() -> None:

@@ -3,6 +3,7 @@
 Shared by the CLI, the examples, the notebooks and the benchmarks.
 """
 
+from optimflow.tasks import charlm
 from optimflow.tasks import digits
 from optimflow.tasks import synthetic
 from optimflow.tasks import training

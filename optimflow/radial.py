@@ -64,7 +64,7 @@ MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
 
 
 def _check_channel_axis(channel_axis: Any) -> None:
-  if isinstance(channel_axis, (jax.Array, jax.core.Tracer)):
+  if isinstance(channel_axis, jax.Array):  # also tracers
     raise ValueError(
         f'channel_axis={channel_axis!r} is an array: it is structural, so '
         'wrap with optax.inject_hyperparams(..., '
@@ -106,10 +106,10 @@ def radial_projection(
      update loses its component along the whole parameter;
   3. otherwise the update is unchanged.
 
-  The statistics of both views come from one pass of per-channel sums
-  (``<g, w>``, ``||g||^2``, ``||w||^2``, ``<w, u>``); the layer sums are the
-  sums of the channel sums. Leaves with fewer than two dimensions are
-  returned unchanged.
+  Both views use the same four per-channel sums (``<g, w>``, ``||g||^2``,
+  ``||w||^2``, ``<w, u>``), one reduction each; the layer sums are sums of
+  the channel sums, so the leaf is read once per statistic. Leaves with fewer
+  than two dimensions are returned unchanged.
 
   Args:
     update: the update to project (any float dtype).
@@ -123,8 +123,9 @@ def radial_projection(
     allowed: a boolean (or boolean scalar array); when false, never project.
 
   Returns:
-    The projected update (float32 or wider: the dtype the statistics were
-    computed in) and a boolean scalar, true when a projection fired.
+    The projected update, in float32 or wider (the dtype the statistics were
+    computed in; leaves that are not examined come back as given), and a
+    boolean scalar, true when a projection fired.
 
   Examples:
     >>> import jax.numpy as jnp

@@ -355,7 +355,7 @@ def test_projected_update_is_orthogonal_to_weight(shape, seed, layer):
     g = _orthogonal_per_channel(g, w)
   p, fired = jax.jit(optimflow.radial_projection)(u, g, w)
   assert bool(fired)
-  channel_fired = radial_projection_channel_test(g, w)
+  channel_fired = _channel_test_fires(g, w)
   if channel_fired:
     inner = jnp.sum(p * w, axis=red)
     scale = jnp.linalg.norm(u.reshape(-1, shape[-1]), axis=0) * jnp.linalg.norm(
@@ -367,7 +367,7 @@ def test_projected_update_is_orthogonal_to_weight(shape, seed, layer):
   assert channel_fired or layer
 
 
-def radial_projection_channel_test(g, w):
+def _channel_test_fires(g, w):
   return _fires(np.asarray(g, np.float64), np.asarray(w, np.float64)) == (
       'channel')
 

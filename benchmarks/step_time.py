@@ -194,6 +194,18 @@ CASES.update({
         baseline='muon'),
 })
 
+# Whitening. SWAN keeps no state on the hidden matrices (its state bytes are
+# AdamW's on the embedding, norms and biases). Its default ten cubic
+# Newton-Schulz steps cost more matrix products than Muon's five quintic
+# ones; 'gram' normalisation whitens as well in seven.
+CASES.update({
+    'swan': Case(lambda: optimflow.swan(LR), baseline='muon',
+                 note='k=10, beta=1/2; no state on matrices'),
+    'swan(k=7 gram)': Case(
+        lambda: optimflow.swan(LR, ns_steps=7, normalization='gram'),
+        baseline='muon', note='whitens at least as well as k=10'),
+})
+
 # PyTorch peers: name -> Case whose build(params) returns a torch optimizer.
 TORCH_CASES: dict[str, Case] = {}
 

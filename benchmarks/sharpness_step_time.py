@@ -12,9 +12,15 @@ per-step overhead dominates on CPU) and at a large batch (1024, where the
 passes' compute dominates). Target: SAF <= 1.15x SGD; SAM ~2x. SAF checks its
 example ids on the host; the extra row checks them under jit instead.
 
-    python benchmarks/sharpness_step_time.py [--reps 15] [--steps 20] [--batches 64,1024] [--json out.json]
+    python benchmarks/sharpness_step_time.py [--reps 15] [--steps 20]
+        [--batches 64,1024] [--charlm-batch 32] [--charlm-steps 5]
+        [--json out.json]
 
-(The char-LM task does not exist yet; its rows will join here when it does.)
+The char-LM rows time the same steps on ``optimflow.tasks.charlm``'s
+default transformer (context 64, width 128, 2 blocks) at batch 32 (5 steps
+per round), with the SAF bank holding per-position logits ``(context,
+vocab)`` per window; the bank is donated to the step, so it is updated in
+place (undonated, copying it cost more than the rest of SAF's overhead).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import jax
+from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,18 +51,34 @@ def cases(cfg: study.Config) -> list[study.Method]:
   return methods
 
 
+def _timed_rows(task, batch, timed):
+  base = timed['sgd']['ms']
+  return [{'task': task, 'batch': batch, 'method': name,
+           'fwd+bwd/step': t['passes'], 'ms/step': t['ms'],
+           'x sgd': t['ms'] / base} for name, t in timed.items()]
+
+
 def run(reps: int, steps: int, batches: tuple[int, ...] = (64, 1024),
+        charlm_batch: Optional[int] = 32, charlm_steps: int = 5,
         cfg: study.Config = study.FULL) -> list[dict[str, Any]]:
-  """Median ms per step of each case and batch size, timed round-robin."""
-  data = tasks.load_digits()
+  """Median ms per step of each case, task and batch size (round-robin)."""
   cfg = dataclasses.replace(cfg, timing_reps=reps, timing_steps=steps)
+  data = tasks.load_digits()
   rows = []
   for batch in batches:
-    timed = study.time_steps(cases(cfg), data, cfg, batch)
-    base = timed['sgd']['ms']
-    rows += [{'batch': batch, 'method': name, 'fwd+bwd/step': t['passes'],
-              'ms/step': t['ms'], 'x sgd': t['ms'] / base}
-             for name, t in timed.items()]
+    rows += _timed_rows('digits MLP', batch,
+                        study.time_steps(cases(cfg), data, cfg, batch))
+  if charlm_batch:
+    # The default CharTransformer (context 64, width 128, 2 blocks); the SAF
+    # bank holds per-position logits, so time on the first 512 windows.
+    lm = tasks.charlm.load_charlm()
+    lm = lm._replace(x_train=lm.x_train[:512], y_train=lm.y_train[:512])
+    make = lambda: tasks.charlm.CharTransformer(context=lm.context,
+                                                rngs=nnx.Rngs(0))
+    lm_cfg = dataclasses.replace(cfg, timing_steps=charlm_steps)
+    rows += _timed_rows('char-LM', charlm_batch, study.time_steps(
+        cases(lm_cfg), lm, lm_cfg, charlm_batch, make_model=make,
+        num_classes=(lm.context, lm.vocab_size)))
   return rows
 
 
@@ -64,12 +87,18 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument('--reps', type=int, default=15)
   parser.add_argument('--steps', type=int, default=20)
   parser.add_argument('--batches', default='64,1024',
-                      help='comma-separated batch sizes')
+                      help='comma-separated batch sizes (digits)')
+  parser.add_argument('--charlm-batch', type=int, default=32,
+                      help='char-LM batch size; 0 skips the char-LM rows')
+  parser.add_argument('--charlm-steps', type=int, default=5,
+                      help='char-LM steps per round (its steps are slow)')
   parser.add_argument('--json', default=None, help='write rows as JSON here')
   args = parser.parse_args(argv)
   batches = tuple(int(b) for b in args.batches.split(','))
-  rows = run(args.reps, args.steps, batches)
-  print(f'digits MLP 64-256-256-10, {jax.devices()[0].platform}; median of '
+  rows = run(args.reps, args.steps, batches, args.charlm_batch,
+             args.charlm_steps)
+  print(f'digits MLP 64-256-256-10 and char-LM transformer (context 64, '
+        f'width 128, 2 blocks), {jax.devices()[0].platform}; median of '
         f'{args.reps} rounds x {args.steps} steps (MESA: +1 forward pass)')
   print(tasks.format_table(rows, floatfmt='.3g'))
   if args.json:

@@ -139,13 +139,14 @@ class Trainer:
   """One jitted step for a method, with a uniform call signature.
 
   ``trainer.step(model, optimizer, x, y, ids, epoch) -> loss``; the SAF bank
-  lives in ``trainer.bank``. ``trainer.passes`` counts the loss evaluations
+  lives in ``trainer.bank`` (``num_classes``: the shape of one example's
+  logits, e.g. ``(context, vocab)`` for a language model). ``trainer.passes`` counts the loss evaluations
   traced into the step, i.e. its forward-backward passes (read it after the
   first call).
   """
 
   def __init__(self, method: Method, cfg: Config, num_examples: int,
-               num_classes: int = 10):
+               num_classes: int | tuple[int, ...] = 10):
     self.method = method
     self.passes = 0
     self.bank = None
@@ -164,7 +165,7 @@ class Trainer:
       step = onnx.train_step(
           onnx.saf_loss(counted_ce, temperature=cfg.temperature,
                         coefficient=coefficient, check_ids=method.check_ids),
-          has_aux=True)
+          has_aux=True, donate_argnums=6)  # the bank: updated in place
 
       def saf_step(m, o, x, y, ids, epoch):
         if not method.check_ids:
@@ -238,13 +239,18 @@ def train_to_loss(method: Method, data: tasks.DigitsData, cfg: Config,
 
 
 def time_steps(methods_: Sequence[Method], data: tasks.DigitsData,
-               cfg: Config, batch_size: int) -> dict[str, dict[str, float]]:
+               cfg: Config, batch_size: int,
+               make_model: Optional[Callable[[], nnx.Module]] = None,
+               num_classes: int | tuple[int, ...] = 10
+               ) -> dict[str, dict[str, float]]:
   """Median milliseconds per training step of each method (and its passes).
 
   Every step is compiled and warmed up; then the methods run round-robin,
   ``cfg.timing_steps`` steps each per round (synchronised at the end of the
   block) for ``cfg.timing_reps`` rounds, so load drift on a shared machine
   hits all methods alike. Trajectory terms are on (epoch after the start).
+  ``make_model`` (default: the study's MLP) and ``num_classes`` (shape of one
+  example's logits) let other tasks with ``x_train, y_train`` be timed.
 
   Returns:
     ``{method name: {'ms': median ms per step, 'passes': fwd+bwd per step}}``.
@@ -259,9 +265,10 @@ def time_steps(methods_: Sequence[Method], data: tasks.DigitsData,
   epoch = cfg.start_epoch + 1
   blocks, passes = {}, {}
   for method in methods_:
-    model = tasks.MLP(cfg.hidden, rngs=nnx.Rngs(0))
+    model = (make_model or (lambda: tasks.MLP(cfg.hidden,
+                                              rngs=nnx.Rngs(0))))()
     optimizer = nnx.Optimizer(model, method.make_tx(), wrt=nnx.Param)
-    trainer = Trainer(method, cfg, n)
+    trainer = Trainer(method, cfg, n, num_classes)
 
     def block(trainer=trainer, model=model, optimizer=optimizer):
       for x, y, ids in batches:

@@ -23,6 +23,7 @@ trajectory term of :mod:`optimflow.sharpness` on top of a loss on logits.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -139,6 +140,7 @@ def train_step(
     *,
     has_aux: bool = False,
     wrt: nnx.filterlib.Filter = nnx.Param,
+    donate_argnums: int | tuple[int, ...] = (),
 ) -> Callable[..., Any]:
   """A jitted ``step(model, optimizer, *batch)`` for any transformation.
 
@@ -155,6 +157,11 @@ def train_step(
       ``has_aux``.
     has_aux: the loss returns ``(value, aux)``; the step then returns both.
     wrt: the optimized variables; must match the optimizer's ``wrt``.
+    donate_argnums: positions in ``step(model, optimizer, *batch)`` of
+      arguments whose buffers the step may reuse (``jax.jit``'s donation),
+      e.g. 6 for the SAF bank of :func:`saf_loss`'s ``(model, optimizer, x,
+      y, ids, epoch, bank)``, so the bank is updated in place instead of
+      copied every step (the caller must use the returned bank).
 
   Returns:
     ``step(model, optimizer, *batch) -> loss`` (or ``(loss, aux)``), an
@@ -172,7 +179,7 @@ def train_step(
     (8.6, True)
   """
 
-  @nnx.jit
+  @functools.partial(nnx.jit, donate_argnums=donate_argnums)
   def step(model, optimizer, *batch):
     return _update(model, optimizer, loss_fn, has_aux, batch, wrt)
 
@@ -232,7 +239,9 @@ def saf_loss(
   The returned ``loss(model, x, y, ids, epoch, bank) -> (value, new_bank)``
   runs one forward pass, compares its logits with those the examples ``ids``
   had ``bank.e_tilde`` epochs ago and records the new ones: use it with
-  ``train_step(..., has_aux=True)``, keeping the bank in the train state.
+  ``train_step(..., has_aux=True, donate_argnums=6)``, keeping the bank in
+  the train state (donated, a large bank is updated in place instead of
+  copied at every step).
 
   Args:
     logit_loss: ``logit_loss(logits, y) -> scalar`` (e.g. cross-entropy).
@@ -255,7 +264,7 @@ def saf_loss(
     ...     0.3, start=2))
     >>> model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
     >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
-    >>> step = optimflow.nnx.train_step(loss, has_aux=True)
+    >>> step = optimflow.nnx.train_step(loss, has_aux=True, donate_argnums=6)
     >>> bank = optimflow.OutputBank.create(8, num_classes=3, e_tilde=2)
     >>> x, y, ids = jnp.ones((8, 4)), jnp.zeros(8, jnp.int32), jnp.arange(8)
     >>> for epoch in range(4):

@@ -205,6 +205,20 @@ def test_saf_loss_checks_ids_under_jit_unless_told_not_to():
   assert np.isfinite(float(value))
 
 
+def test_train_step_donates_the_bank_when_told():
+  model = BNNet(nnx.Rngs(0))
+  x, y = _batch(4)
+  optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+  ids = jnp.arange(4)
+  for donate, deleted in (((), False), (6, True)):
+    step = onnx.train_step(onnx.saf_loss(_ce, check_ids=False), has_aux=True,
+                           donate_argnums=donate)
+    bank = optimflow.OutputBank.create(4, 3, e_tilde=1)
+    _, new_bank = step(model, optimizer, x, y, ids, 0, bank)
+    assert bank.logits.is_deleted() == deleted
+    assert not new_bank.logits.is_deleted()
+
+
 def test_mesa_step_adds_the_kl_to_the_ema_teacher():
   model = BNNet(nnx.Rngs(0))
   x, y = _batch()

@@ -66,3 +66,16 @@ def test_saf_trainer_fills_the_bank_and_checks_ids_on_the_host():
   assert np.abs(np.asarray(slot[8:])).sum() == 0
   with pytest.raises(IndexError, match='out of the output bank range'):
     trainer.step(model, optimizer, x, y, ids + len(data.y_train) - 4, 0)
+
+
+def test_step_time_benchmark_rows():
+  from benchmarks import sharpness_step_time as bench  # pylint: disable=g-import-not-at-top
+
+  rows = bench.run(reps=1, steps=2, batches=(16,), charlm_batch=0,
+                   cfg=study.SMOKE)
+  names = [r['method'] for r in rows]
+  assert names[0] == 'sgd' and rows[0]['x sgd'] == 1.0
+  assert 'saf lam=.3 (ids checked in jit)' in names
+  assert {r['method'].split()[0]: r['fwd+bwd/step'] for r in rows} == {
+      'sgd': 1, 'sam': 2, 'asam': 2, 'saf': 1, 'mesa': 1}
+  assert all(r['ms/step'] > 0 for r in rows)

@@ -316,6 +316,7 @@ def map_matrices(
     group: bool = True,
     compute_dtype: Optional[jax.typing.DTypeLike] = jnp.float32,
     finalize: Optional[Callable[[MatrixView, jax.Array], jax.Array]] = None,
+    sharding: Any = None,
 ) -> Any:
   """Applies a batched matrix function to the matrix view of every leaf.
 
@@ -339,6 +340,10 @@ def map_matrices(
       keeps each leaf's dtype.
     finalize: ``finalize(view, y)`` applied to each leaf's result in its leaf
       shape, before the cast back (e.g. a per-leaf scale).
+    sharding: how to distribute the work over a device mesh: ``None`` (gather
+      Explicit-sharded leaves, as above), ``'stacked'``, ``'gather'``,
+      ``'local'`` or an :class:`optimflow.sharding.MatrixSharding` (see
+      :func:`optimflow.sharding.map_views`).
 
   Returns:
     A tree like ``tree``.
@@ -366,7 +371,7 @@ def map_matrices(
     # With the default rule every leaf must be a matrix: a None here (rank
     # < 2) makes matrix_view raise, naming the path.
     view = matrix_view(jnp.shape(x), d, orient=orient, path=paths[i])
-    spec = _explicit_spec(x)
+    spec = None if sharding is not None else _explicit_spec(x)
     if spec is not None:
       x = jax.sharding.reshard(x, jax.sharding.PartitionSpec())
     dtype = x.dtype if compute_dtype is None else jnp.promote_types(
@@ -374,11 +379,18 @@ def map_matrices(
     todo.append(i)
     views.append(view)
     specs.append(spec)
-    stacks.append(view.to_matrices(x.astype(dtype)))
-  results = apply_grouped(fn, stacks, group=group)
+    stacks.append(x.astype(dtype) if sharding is not None
+                  else view.to_matrices(x.astype(dtype)))
+  if sharding is not None:  # leaf-shaped results, in the leaves' layouts
+    from optimflow import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+    results = sharding_lib.map_views(fn, stacks, views, group=group,
+                                     sharding=sharding,
+                                     paths=[paths[i] for i in todo])
+  else:
+    results = [view.from_matrices(y) for view, y in
+               zip(views, apply_grouped(fn, stacks, group=group))]
   out = list(leaves)
   for i, view, spec, y in zip(todo, views, specs, results):
-    y = view.from_matrices(y)
     if finalize is not None:
       y = finalize(view, y)
     y = y.astype(leaves[i].dtype)

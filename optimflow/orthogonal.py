@@ -31,6 +31,7 @@ import optax
 
 from optimflow import _checks
 from optimflow import linalg
+from optimflow import sharding as sharding_lib
 
 MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
 KeyPath = tuple[Any, ...]
@@ -159,6 +160,7 @@ def scale_by_muon(
     dimension_numbers: linalg.DimensionNumbersOrFn = None,
     mu_dtype: Optional[jax.typing.DTypeLike] = None,
     reference: bool = False,
+    sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformation:
   """Muon's direction: orthogonalised Nesterov momentum, width-scaled.
 
@@ -200,6 +202,12 @@ def scale_by_muon(
     reference: orthogonalise each matrix on its own with the plain iteration
       (no grouping, no Gram variant): Keller Jordan's algorithm in float32,
       for parity tests. Slower; same maths up to rounding.
+    sharding: how the matrix work is distributed over a device mesh:
+      ``None`` (gather each sharded matrix), ``'stacked'`` (same-shape
+      matrices stacked and the stack sharded over the mesh: every device
+      runs the iteration on whole matrices of its own, with one reshard in
+      and one out), ``'gather'``, ``'local'`` or an
+      :class:`optimflow.sharding.MatrixSharding` (static).
 
   Returns:
     A :class:`optax.GradientTransformation` with state
@@ -229,6 +237,7 @@ def scale_by_muon(
   _check_common(beta, eps, shape_scale)
   _checks.check_int_at_least('ns_steps', ns_steps, 1)
   _check_coeffs(ns_coeffs, ns_steps)
+  sharding = sharding_lib.as_matrix_sharding(sharding)
   method = 'plain' if reference else 'auto'
 
   def orthogonalize(x):
@@ -237,7 +246,7 @@ def scale_by_muon(
   def matrix_fn(direction):
     return linalg.map_matrices(
         orthogonalize, direction, dimension_numbers, group=not reference,
-        finalize=_scaled(shape_scale))
+        finalize=_scaled(shape_scale), sharding=sharding)
 
   return _momentum_transform(matrix_fn, beta, nesterov, mu_dtype)
 
@@ -295,6 +304,7 @@ def scale_by_auon(
     shape_scale: Optional[str] = 'keller',
     dimension_numbers: linalg.DimensionNumbersOrFn = None,
     mu_dtype: Optional[jax.typing.DTypeLike] = None,
+    sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformation:
   """AuON's direction: normalised momentum divided by its cosh RMS.
 
@@ -334,6 +344,9 @@ def scale_by_auon(
     shape_scale: width factor, as in :func:`scale_by_muon`.
     dimension_numbers: matrix views, as in :func:`scale_by_muon`.
     mu_dtype: dtype of the momentum.
+    sharding: as in :func:`scale_by_muon`; without Newton-Schulz the work
+      is elementwise plus two reductions per matrix, so ``'local'`` (no
+      resharding) moves the least data.
 
   Returns:
     A :class:`optax.GradientTransformation` with state
@@ -357,6 +370,7 @@ def scale_by_auon(
   _checks.check_int_at_least('ns_steps', ns_steps, 0)
   if ns_steps:
     _check_coeffs(ns_coeffs, ns_steps)
+  sharding = sharding_lib.as_matrix_sharding(sharding)
 
   def fn(x):
     return _auon_matrices(x, gamma=gamma, normalize=normalize,
@@ -365,8 +379,9 @@ def scale_by_auon(
   def matrix_fn(direction):
     # Without Newton-Schulz the work is elementwise: stacking would only copy.
     return linalg.map_matrices(
-        fn, direction, dimension_numbers, group=ns_steps > 0,
-        finalize=_scaled(shape_scale))
+        fn, direction, dimension_numbers,
+        group=ns_steps > 0 or sharding is not None,
+        finalize=_scaled(shape_scale), sharding=sharding)
 
   return _momentum_transform(matrix_fn, beta, nesterov, mu_dtype)
 
@@ -554,6 +569,7 @@ def muon(
     adam_weight_decay: optax.ScalarOrSchedule = 0.0,
     matrix_filter: Optional[MatrixFilter] = None,
     reference: bool = False,
+    sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Muon for hidden matrices, AdamW for everything else.
 
@@ -589,6 +605,8 @@ def muon(
     mu_dtype: dtype of both branches' first moments.
     {alias_args}
     reference: Keller Jordan's algorithm in float32 (see above).
+    sharding: distribution of the matrix work over a device mesh (see
+      :func:`scale_by_muon`; static).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` (``optax.partition``).
@@ -616,7 +634,7 @@ def muon(
       scale_by_muon(beta=beta, nesterov=nesterov, ns_steps=ns_steps,
                     ns_coeffs=ns_coeffs, eps=eps, shape_scale=shape_scale,
                     dimension_numbers=dimension_numbers, mu_dtype=mu_dtype,
-                    reference=reference),
+                    reference=reference, sharding=sharding),
       learning_rate, weight_decay, weight_decay_mask, adam_learning_rate,
       adam_b1, adam_b2, adam_eps, adam_weight_decay, mu_dtype, matrix_filter,
       dimension_numbers,
@@ -644,6 +662,7 @@ def auon(
     adam_eps: float = 1e-8,
     adam_weight_decay: optax.ScalarOrSchedule = 0.0,
     matrix_filter: Optional[MatrixFilter] = None,
+    sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   """AuON for hidden matrices, AdamW for everything else.
 
@@ -667,6 +686,8 @@ def auon(
     dimension_numbers: matrix views (see :func:`scale_by_muon`).
     mu_dtype: dtype of both branches' first moments.
     {alias_args}
+    sharding: distribution of the matrix work over a device mesh (see
+      :func:`scale_by_auon`; static).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` (``optax.partition``).
@@ -689,7 +710,8 @@ def auon(
       scale_by_auon(beta=beta, nesterov=nesterov, gamma=gamma,
                     normalize=normalize, ns_steps=ns_steps,
                     ns_coeffs=ns_coeffs, eps=eps, shape_scale=shape_scale,
-                    dimension_numbers=dimension_numbers, mu_dtype=mu_dtype),
+                    dimension_numbers=dimension_numbers, mu_dtype=mu_dtype,
+                    sharding=sharding),
       learning_rate, weight_decay, weight_decay_mask, adam_learning_rate,
       adam_b1, adam_b2, adam_eps, adam_weight_decay, mu_dtype, matrix_filter,
       dimension_numbers,
@@ -717,6 +739,7 @@ def hybrid_auon(
     adam_eps: float = 1e-8,
     adam_weight_decay: optax.ScalarOrSchedule = 0.0,
     matrix_filter: Optional[MatrixFilter] = None,
+    sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Hybrid-AuON: one Newton-Schulz step, then AuON's cosh-RMS division.
 
@@ -737,6 +760,8 @@ def hybrid_auon(
     dimension_numbers: matrix views (see :func:`scale_by_muon`).
     mu_dtype: dtype of both branches' first moments.
     {alias_args}
+    sharding: distribution of the matrix work over a device mesh (see
+      :func:`scale_by_auon`; static).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` (``optax.partition``).
@@ -764,5 +789,5 @@ def hybrid_auon(
       weight_decay_mask=weight_decay_mask,
       adam_learning_rate=adam_learning_rate, adam_b1=adam_b1,
       adam_b2=adam_b2, adam_eps=adam_eps, adam_weight_decay=adam_weight_decay,
-      matrix_filter=matrix_filter,
+      matrix_filter=matrix_filter, sharding=sharding,
   )

@@ -41,6 +41,7 @@ import optax
 from optimflow import _checks
 from optimflow import linalg
 from optimflow import orthogonal
+from optimflow import sharding as sharding_lib
 
 OUTPUT_SCALES = ('unit_rms', 'match_gradnorm', None)
 NORMALIZATIONS = ('frobenius', 'gram')
@@ -218,6 +219,7 @@ def scale_by_grad_whitening(
     eps: float = 1e-8,
     normalization: str = 'frobenius',
     dimension_numbers: linalg.DimensionNumbersOrFn = None,
+    sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformation:
   """SWAN's GradWhitening ``(G G^T)^{-1/2} G`` on every matrix view.
 
@@ -270,6 +272,9 @@ def scale_by_grad_whitening(
     dimension_numbers: which axes are fan-in and fan-out, as in
       :func:`optimflow.scale_by_muon`; ``None`` is Flax's layout, a ``None``
       entry in a tree leaves that leaf unchanged.
+    sharding: distribution of the whitening over a device mesh, as in
+      :func:`optimflow.scale_by_muon` (``'stacked'``: same-shape matrices
+      stacked and sharded, whole matrices per device; static).
 
   Returns:
     A stateless :class:`optax.GradientTransformation`.
@@ -297,6 +302,7 @@ def scale_by_grad_whitening(
   """
   _check_whitening(ns_steps, ns_beta, output_scale, normalization)
   _check_eps(eps)
+  sharding = sharding_lib.as_matrix_sharding(sharding)
 
   def fn(x):
     return _whiten_matrices(x, ns_steps=ns_steps, ns_beta=ns_beta,
@@ -304,7 +310,8 @@ def scale_by_grad_whitening(
                             normalization=normalization)
 
   return _stateless(
-      lambda updates: linalg.map_matrices(fn, updates, dimension_numbers))
+      lambda updates: linalg.map_matrices(fn, updates, dimension_numbers,
+                                          sharding=sharding))
 
 
 def scale_by_swan(
@@ -315,6 +322,7 @@ def scale_by_swan(
     center: bool = True,
     normalization: str = 'frobenius',
     dimension_numbers: linalg.DimensionNumbersOrFn = None,
+    sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformation:
   """SWAN's direction: GradNorm, then GradWhitening; no state.
 
@@ -339,6 +347,8 @@ def scale_by_swan(
       :func:`scale_by_grad_norm`).
     normalization: ``'frobenius'`` or ``'gram'``.
     dimension_numbers: matrix views, as in :func:`scale_by_grad_whitening`.
+    sharding: distribution over a device mesh, as in
+      :func:`scale_by_grad_whitening`.
 
   Returns:
     A stateless :class:`optax.GradientTransformation`.
@@ -364,6 +374,7 @@ def scale_by_swan(
   """
   _check_whitening(ns_steps, ns_beta, output_scale, normalization)
   _check_eps(eps)
+  sharding = sharding_lib.as_matrix_sharding(sharding)
 
   def fn(x):  # x: (B, fan_in, fan_out)
     return _whiten_matrices(gradnorm(x, -2, eps, center), ns_steps=ns_steps,
@@ -371,7 +382,7 @@ def scale_by_swan(
                             eps=eps, normalization=normalization)
 
   return _stateless(lambda updates: linalg.map_matrices(
-      fn, updates, dimension_numbers, orient='keep'))
+      fn, updates, dimension_numbers, orient='keep', sharding=sharding))
 
 
 def swan(
@@ -392,6 +403,7 @@ def swan(
     adam_weight_decay: optax.ScalarOrSchedule = 0.0,
     mu_dtype: Optional[jax.typing.DTypeLike] = None,
     matrix_filter: Optional[orthogonal.MatrixFilter] = None,
+    sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   """SWAN for hidden matrices, AdamW for everything else.
 
@@ -427,6 +439,8 @@ def swan(
     matrix_filter: ``filter(path, leaf) -> bool`` choosing the SWAN branch;
       default :func:`optimflow.orthogonal.default_matrix_filter`
       (``ndim >= 2``, path names no embedding or head). Static.
+    sharding: distribution of the SWAN branch over a device mesh (see
+      :func:`scale_by_grad_whitening`; static).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` (``optax.partition``).
@@ -455,7 +469,7 @@ def swan(
       scale_by_swan(ns_steps=ns_steps, ns_beta=ns_beta,
                     output_scale=output_scale, eps=eps, center=center,
                     normalization=normalization,
-                    dimension_numbers=dimension_numbers),
+                    dimension_numbers=dimension_numbers, sharding=sharding),
       learning_rate, weight_decay, weight_decay_mask, adam_learning_rate,
       adam_b1, adam_b2, adam_eps, adam_weight_decay, mu_dtype, matrix_filter,
       dimension_numbers,

@@ -31,6 +31,7 @@ from optimflow.sharpness import sam
 from optimflow.sharpness import sam_gradient
 from optimflow.sharpness import sam_perturbation
 from optimflow.sharpness import sam_sgd
+from optimflow.sharpness import sgd_with_param_ema
 from optimflow.sharpness import trajectory_kl
 from optimflow.sign_momentum import KappaSpec
 from optimflow.sign_momentum import ScaleByImplicitDecayState
@@ -76,6 +77,7 @@ __all__ = (
     'sam_gradient',
     'sam_perturbation',
     'sam_sgd',
+    'sgd_with_param_ema',
     'scale_by_adamp',
     'scale_by_grad_norm',
     'scale_by_grad_whitening',

@@ -24,8 +24,9 @@ and ``stacked`` (same-shape matrices stacked, the stack split over the
 devices, each device orthogonalises whole matrices of its own).
 
 Printed per run: milliseconds per training step (compile excluded), the
-collective ops of the compiled step and of the optimizer update alone
-(count and MB of results per device, from the HLO), and the losses. With 8
+collective ops the compiled step and the optimizer update alone execute per
+call (count and MB of results per device, read from the HLO, ops inside
+loops times their trip counts), and the losses. With 8
 simulated devices on a shared CPU the step times are noisy and say little
 about real accelerators; the collective counts and bytes are exact.
 
@@ -169,7 +170,8 @@ class Run:
 
 
 def _mb(compiled) -> float:
-  return sum(sharding.collective_bytes(compiled).values()) / 2**20
+  return sum(sharding.collective_bytes(compiled, executed=True).values()
+             ) / 2**20
 
 
 def train(config: Config, layout: str, name: str,
@@ -211,9 +213,10 @@ def train(config: Config, layout: str, name: str,
       layout=layout, optimizer=name, losses=losses,
       ms_per_step=1e3 * float(np.median(times[1:] or times)),
       compilations=compilations,
-      step_collectives=sharding.collective_counts(step_hlo),
+      step_collectives=sharding.collective_counts(step_hlo, executed=True),
       step_mb=_mb(step_hlo),
-      update_collectives=sharding.collective_counts(update_hlo),
+      update_collectives=sharding.collective_counts(update_hlo,
+                                                    executed=True),
       update_mb=_mb(update_hlo))
 
 
@@ -274,8 +277,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   rows = [r.row() for r in runs]
   print(training.format_table(rows))
   print('AG/AR/A2A/CP: all-gather / all-reduce / all-to-all / '
-        'collective-permute ops in the compiled HLO; MB: their results per '
-        'device. Step times on simulated devices sharing a CPU are noisy.')
+        'collective-permute ops executed per call (compiled HLO, loops '
+        'unrolled by trip count); MB: their results per device. Step times '
+        'on simulated devices sharing a CPU are noisy.')
   png = args.output / 'distributed.png'
   plot(runs, png)
   results = {

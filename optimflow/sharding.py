@@ -109,6 +109,10 @@ class MatrixSharding:
       and pins each result to its parameter's layout, as it does from the
       types under Explicit axes. Without it XLA chooses both reshards.
 
+  Under Explicit axes, ``'local'`` runs the matrix maths in an
+  ``auto_axes`` region, which cannot close over hyperparameters traced by
+  ``optax.inject_hyperparams``; ``'stacked'`` and ``'gather'`` can.
+
   Examples:
     >>> from optimflow import sharding
     >>> sharding.MatrixSharding('stacked', axes=('model',)).mode
@@ -153,12 +157,7 @@ def as_matrix_sharding(sharding: ShardingArg) -> Optional[MatrixSharding]:
   if sharding is None or isinstance(sharding, MatrixSharding) or (
       type(sharding).__name__ == 'MatrixSharding'):
     return sharding
-  if isinstance(sharding, str):
-    if sharding not in MODES:
-      raise ValueError(
-          f'sharding={sharding!r} is not supported: choose None, one of '
-          f'{", ".join(repr(m) for m in MODES)} or a '
-          'optimflow.sharding.MatrixSharding.')
+  if isinstance(sharding, str) and sharding in MODES:
     return MatrixSharding(sharding)
   raise ValueError(
       f'sharding={sharding!r} is not supported: choose None, one of '
@@ -311,8 +310,18 @@ class _Layout:
     reshard), and ``fn`` may close over traced hyperparameters. Auto axes:
     ``shard_map``.
     """
+    if self.explicit and not (len(spec) and _entry(spec[0])):
+      return fn(x)  # replicated
     if self.explicit:
-      return fn(x)
+      # (devices, block, m, n), vmapped over the sharded axis: ``fn`` sees
+      # an unsharded block, as under shard_map.
+      sizes = _mesh_sizes(self.mesh)
+      devices = math.prod(sizes[a] for a in _entry(spec[0]))
+      split = P(spec[0], None, None, None)
+      y = jax.vmap(fn)(jnp.reshape(
+          x, (devices, x.shape[0] // devices) + x.shape[1:],
+          out_sharding=split))
+      return jnp.reshape(y, x.shape, out_sharding=spec)
     return jax.shard_map(fn, mesh=self.mesh, in_specs=spec, out_specs=spec)(x)
 
 
@@ -326,6 +335,10 @@ def _stacked(fn, stack: jax.Array, lay: _Layout, cfg: MatrixSharding,
   mesh = lay.mesh
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   allowed = tuple(mesh.axis_names) if cfg.axes is None else cfg.axes
+  unknown = [a for a in allowed if a not in sizes]
+  if unknown:
+    raise ValueError(f'MatrixSharding axes={allowed!r}: {unknown} are not '
+                     f'axes of the mesh {tuple(mesh.axis_names)}.')
   count = stack.shape[0]
   target = _stack_axes(count, sizes, allowed)
   devices = math.prod(sizes[a] for a in target)
@@ -557,10 +570,6 @@ def named(mesh: MeshLike, specs: Any) -> Any:
                       is_leaf=lambda s: isinstance(s, P))
 
 
-def _key_tuple(path) -> tuple[Any, ...]:
-  return tuple(path)
-
-
 def state_shardings(
     tx: optax.GradientTransformation,
     params: Any,
@@ -618,7 +627,7 @@ def state_shardings(
         f'{len(p_leaves)}: give one sharding per parameter.')
   table = {}
   for (path, x), sh in zip(p_leaves, s_leaves):
-    table[_key_tuple(path)] = (tuple(np.shape(x)), sh)
+    table[tuple(path)] = (tuple(np.shape(x)), sh)
   lengths = sorted({len(k) for k in table}, reverse=True)
   if replicated is None:
     meshes = [getattr(sh, 'mesh', None) for sh in s_leaves]
@@ -629,7 +638,7 @@ def state_shardings(
     replicated = NamedSharding(meshes[0], P())
 
   def pick(path, leaf):
-    path = _key_tuple(path)
+    path = tuple(path)
     for n in lengths:
       if n > len(path):
         continue
@@ -660,8 +669,69 @@ def _hlo_text(compiled: Any) -> str:
   return compiled.as_text()
 
 
-def _collectives(compiled: Any):
-  for match in _OP.finditer(_hlo_text(compiled)):
+_COMPUTATION = re.compile(r'^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s.*\{\s*$')
+_WHILE = re.compile(r'\bwhile\(.*?body=%?(?P<body>[\w.\-]+)')
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(?P<n>\d+)"')
+_CALLEE = re.compile(
+    r'(?:calls|to_apply|condition|true_computation|false_computation)='
+    r'%?(?P<name>[\w.\-]+)|branch_computations=\{(?P<names>[^}]*)\}')
+
+
+def _computations(text: str) -> tuple[dict[str, list[str]], Optional[str]]:
+  """HLO computations by name (their body lines) and the entry's name."""
+  comps, entry, current = {}, None, None
+  for line in text.splitlines():
+    if current is None:
+      match = _COMPUTATION.match(line)
+      if match and '=' not in line.split('(')[0]:
+        current = match['name']
+        comps[current] = []
+        if line.lstrip().startswith('ENTRY'):
+          entry = current
+    elif line.strip() == '}':
+      current = None
+    else:
+      comps[current].append(line)
+  return comps, entry
+
+
+def _multipliers(text: str) -> dict[str, int]:
+  """How many times each computation runs per call of the entry: the
+  product of the known trip counts of the while loops around it."""
+  comps, entry = _computations(text)
+  if entry is None:
+    return {}
+  mult: dict[str, int] = {}
+
+  def visit(name: str, times: int) -> None:
+    if name not in comps or mult.get(name, 0) >= times:
+      return
+    mult[name] = times
+    for line in comps[name]:
+      loop = _WHILE.search(line)
+      if loop:
+        trip = _TRIP.search(line)
+        visit(loop['body'], times * (int(trip['n']) if trip else 1))
+      for callee in _CALLEE.finditer(line):
+        names = [callee['name']] if callee['name'] else [
+            n.strip().lstrip('%') for n in callee['names'].split(',')]
+        for n in names:
+          visit(n, times)
+
+  visit(entry, 1)
+  return mult
+
+
+def _collectives(compiled: Any, executed: bool = False):
+  """``(op, bytes, times)`` of every collective op of the module."""
+  text = _hlo_text(compiled)
+  comps, _ = _computations(text) if executed else ({}, None)
+  mult = _multipliers(text) if executed else {}
+  owner = {}
+  for name, lines in comps.items():
+    for line in lines:
+      owner[line] = name
+  for match in _OP.finditer(text):
     arrays = [(a['dtype'], a['dims']) for a in _ARRAY.finditer(match['type'])]
     if match['start'] and len(arrays) > 1:
       arrays = arrays[len(arrays) // 2:]  # async: (operands, results)
@@ -669,14 +739,23 @@ def _collectives(compiled: Any):
         _DTYPE_BYTES.get(dtype, 4)
         * math.prod(int(d) for d in dims.split(',') if d)
         for dtype, dims in arrays)
-    yield match['op'], size
+    times = 1
+    if executed:
+      line = text[text.rfind('\n', 0, match.start()) + 1:
+                  text.find('\n', match.end()) % (len(text) + 1)]
+      times = mult.get(owner.get(line, ''), 1)
+    yield match['op'], size, times
 
 
-def collective_counts(compiled: Any) -> dict[str, int]:
+def collective_counts(compiled: Any, executed: bool = False) -> dict[str, int]:
   """Number of each collective op in a compiled module.
 
   Args:
     compiled: ``jax.jit(f).lower(...).compile()`` or its ``as_text()``.
+    executed: count each op as many times as it runs per call: ops in the
+      body of a while loop (``lax.fori_loop``, ``lax.map``, ``lax.scan``)
+      times the loop's known trip count (nested loops multiply). ``False``
+      counts the ops written in the module once each.
 
   Returns:
     ``{op: count}`` for all-gather, all-reduce, all-to-all,
@@ -685,28 +764,37 @@ def collective_counts(compiled: Any) -> dict[str, int]:
   Examples:
     >>> from optimflow import sharding
     >>> hlo = '''
-    ... %ag = f32[8,4]{1,0} all-gather(f32[1,4]{1,0} %x), dimensions={0}
-    ... ROOT %ar = f32[] all-reduce(f32[] %y), to_apply=%add
+    ... %body (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+    ...   %ar = f32[4]{0} all-reduce(f32[4]{0} %x), to_apply=%add
+    ... }
+    ... ENTRY %main (a: f32[1,4]) -> f32[4] {
+    ...   %ag = f32[8,4]{1,0} all-gather(f32[1,4]{1,0} %a), dimensions={0}
+    ...   %w = (s32[], f32[4]) while(%t), condition=%c, body=%body, backend_config={"known_trip_count":{"n":"5"}}
+    ... }
     ... '''
-    >>> sharding.collective_counts(hlo)['all-gather']
-    1
+    >>> c = sharding.collective_counts(hlo)
+    >>> c['all-gather'], c['all-reduce']
+    (1, 1)
+    >>> sharding.collective_counts(hlo, executed=True)['all-reduce']
+    5
     >>> sharding.collective_bytes(hlo)['all-gather']
     128
   """
   counts = dict.fromkeys(COLLECTIVES, 0)
-  for op, _ in _collectives(compiled):
-    counts[op] += 1
+  for op, _, times in _collectives(compiled, executed):
+    counts[op] += times
   return counts
 
 
-def collective_bytes(compiled: Any) -> dict[str, int]:
+def collective_bytes(compiled: Any, executed: bool = False) -> dict[str, int]:
   """Bytes of each kind of collective's results, per device.
 
   The size of what each op leaves on one device (an all-gather's full
   result, an all-to-all's local block): a proxy for the data a device
-  receives. See :func:`collective_counts`.
+  receives. ``executed`` weights ops inside loops by their trip counts, as
+  in :func:`collective_counts`.
   """
   total = dict.fromkeys(COLLECTIVES, 0)
-  for op, size in _collectives(compiled):
-    total[op] += size
+  for op, size, times in _collectives(compiled, executed):
+    total[op] += size * times
   return total

@@ -10,7 +10,7 @@ momentum ``G`` of each hidden matrix into an update of controlled size:
 * Hybrid-AuON applies one Newton-Schulz step to ``X`` before the same division.
 
 They act on the matrix view of each leaf (:mod:`optimflow.linalg`: Flax
-layout, ``MuonDimensionNumbers``-style axes, same-shape matrices batched
+layout, ``MuonDimensionNumbers``-style axes, same-shape matrices stacked
 together, float32 arithmetic whatever the parameter dtype). The aliases
 :func:`muon`, :func:`auon` and :func:`hybrid_auon` send hidden matrices to
 the orthogonal branch and everything else (biases, norm gains, scalars and
@@ -181,7 +181,8 @@ def scale_by_muon(
   the others to AdamW); leaves whose entry in ``dimension_numbers`` is
   ``None`` receive the momentum direction unchanged. The iteration runs in
   float32 (or wider) whatever the parameter dtype; same-shape matrices are
-  stacked into one batched iteration, and rectangular ones with
+  stacked and share one compiled iteration
+  (:func:`optimflow.linalg.apply_grouped`), and rectangular ones with
   ``max/min > 1.5`` run the cheaper Gram-space iteration
   (:func:`optimflow.linalg.gram_newton_schulz`).
 
@@ -579,7 +580,7 @@ def muon(
   :func:`default_matrix_filter`) get ``optax.adamw`` with its own learning
   rate. Unlike ``optax.contrib.muon``, embeddings and heads are not sent to
   Muon, the AdamW branch is plain AdamW with ``b2=0.95``, there is no bias
-  correction on the momentum, same-shape matrices are batched, and the
+  correction on the momentum, same-shape matrices are stacked, and the
   iteration is float32 even for bf16 parameters.
 
   With ``reference=True`` and ``shape_scale='keller'`` the matrix branch is

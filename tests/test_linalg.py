@@ -269,11 +269,29 @@ def test_batched_groups_equal_per_leaf_results():
   assert grouped['none'] is None and isinstance(grouped['masked'],
                                                 optax.MaskedNode)
   # Each leaf equals its own orthogonalisation computed by hand.
-  by_hand = linalg.orthogonalize(tree['down'].T).T
-  chex.assert_trees_all_close(grouped['down'], by_hand, atol=1e-6)
-  conv = linalg.orthogonalize(tree['conv'].reshape(18, 8))
+  ortho = jax.jit(linalg.orthogonalize)
+  chex.assert_trees_all_close(grouped['down'], ortho(tree['down'].T).T,
+                              atol=1e-6)
+  conv = ortho(tree['conv'].reshape(18, 8))
   chex.assert_trees_all_close(grouped['conv'], conv.reshape(3, 3, 2, 8),
                               atol=1e-6)
+
+
+@pytest.mark.parametrize('ns', [linalg.newton_schulz,
+                                linalg.gram_newton_schulz])
+@pytest.mark.parametrize('backends', [('cpu',), ()])
+def test_stacks_run_matrixwise_on_cpu_and_batched_elsewhere(
+    ns, backends, monkeypatch):
+  monkeypatch.setattr(linalg, 'MATRIXWISE_BACKENDS', backends)
+  x = linalg.frobenius_normalize(
+      jax.random.normal(jax.random.key(11), (2, 3, 8, 20)))
+  # Fresh lambdas: jit's trace cache would otherwise reuse the first trace.
+  jaxpr = str(jax.make_jaxpr(lambda y: ns(y))(x))
+  # Batched: the Gram matrices are one (2, 3, 8, 8) array; matrixwise: (8, 8).
+  assert ('f32[2,3,8,8]' in jaxpr) == (backends == ())
+  stacked = jax.jit(lambda y: ns(y))(x)
+  one_by_one = jnp.stack([jnp.stack([ns(m) for m in row]) for row in x])
+  chex.assert_trees_all_close(stacked, one_by_one, atol=1e-6)
 
 
 def test_map_matrices_scanned_layers_are_separate_matrices():

@@ -285,6 +285,7 @@ def cosh_rms(x: jax.Array, gamma: jax.typing.ArrayLike = 1.0) -> jax.Array:
   return jnp.sqrt(1.0 + jnp.mean(s * s, axis=(-2, -1), keepdims=True))
 
 
+@linalg.matrixwise
 def _auon_matrices(x, *, gamma, normalize, ns_steps, ns_coeffs, eps):
   norm = jnp.sqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
   y = linalg.frobenius_normalize(x, eps)

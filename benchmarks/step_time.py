@@ -173,27 +173,6 @@ CASES.update({
         baseline='muon'),
 })
 
-# Orthogonal updates. optax.contrib.muon routes every 2-D leaf to Muon (the
-# 8192x512 embedding too); optimflow.muon sends embeddings and heads to AdamW.
-# On 'transformer-noembed' both route the same leaves.
-_MUON_LR, _AUX_LR = 0.02, 3e-4
-CASES.update({
-    'optax.contrib.muon': Case(lambda: optax.contrib.muon(
-        _MUON_LR, adam_learning_rate=_AUX_LR)),
-    'muon': Case(lambda: optimflow.muon(_MUON_LR, adam_learning_rate=_AUX_LR),
-                 baseline='optax.contrib.muon',
-                 note='same-shape batches, Gram NS for rectangular'),
-    'muon(reference)': Case(
-        lambda: optimflow.muon(_MUON_LR, adam_learning_rate=_AUX_LR,
-                               reference=True),
-        baseline='optax.contrib.muon', note='per-leaf plain NS, float32'),
-    'auon': Case(lambda: optimflow.auon(0.05, adam_learning_rate=_AUX_LR),
-                 baseline='muon'),
-    'hybrid_auon': Case(
-        lambda: optimflow.hybrid_auon(0.05, adam_learning_rate=_AUX_LR),
-        baseline='muon'),
-})
-
 # Whitening. SWAN keeps no state on the hidden matrices (its state bytes are
 # AdamW's on the embedding, norms and biases). Its default ten cubic
 # Newton-Schulz steps cost more matrix products than Muon's five quintic
@@ -268,23 +247,117 @@ def _register_orthogonal_torch_cases() -> None:
 _register_orthogonal_torch_cases()
 
 
-def _register_orthogonal_torch_cases() -> None:
-  """pytorch_optimizer's Muon: every >= 2-D tensor to Muon, others AdamW."""
+def _register_pytorch_optimizer_cases() -> None:
+  """pytorch-optimizer's Lion and SGDP (its AdamP and Muon are above)."""
   try:
     import pytorch_optimizer  # noqa: F401
   except ImportError:
     return
-
-  def build(ps):
-    return pytorch_optimizer.Muon(
-        [{'params': [p for p in ps if p.ndim >= 2], 'use_muon': True},
-         {'params': [p for p in ps if p.ndim < 2], 'use_muon': False}],
-        lr=_MUON_LR, adamw_lr=_AUX_LR)
-
-  TORCH_CASES['torch:pytorch_optimizer.Muon'] = Case(build, baseline='muon')
+  TORCH_CASES.setdefault('torch:pytorch_optimizer.Lion', Case(
+      lambda ps: pytorch_optimizer.Lion(ps, lr=LR, weight_decay=1e-2),
+      baseline='lion'))
+  TORCH_CASES.setdefault('torch:pytorch_optimizer.SGDP', Case(
+      lambda ps: pytorch_optimizer.SGDP(ps, lr=LR, momentum=0.9),
+      baseline='sgdp'))
 
 
-_register_orthogonal_torch_cases()
+_register_pytorch_optimizer_cases()
+
+
+# Sharpness-aware methods need ``grad_fn``. In an optimizer-only benchmark it
+# is an elementwise stand-in for the second backward pass, the same for every
+# peer, so the rows time the optimizers' own work (the perturbation, the
+# extra state), not a model.
+
+
+def stand_in_grad_fn(grads: Any) -> Callable[..., Any]:
+  """``grad_fn(w, *_) = g + 1e-3 w``: one elementwise pass over the tree."""
+  return lambda params, *_: jax.tree.map(lambda g, w: g + 1e-3 * w, grads,
+                                         params)
+
+
+def with_stand_in_grad_fn(tx: Any) -> optax.GradientTransformation:
+  """``tx`` (needing ``grad_fn=``) as a plain transformation that passes
+  :func:`stand_in_grad_fn` of its gradient."""
+
+  def update(grads, state, params=None):
+    return tx.update(grads, state, params, grad_fn=stand_in_grad_fn(grads))
+
+  return optax.GradientTransformation(tx.init, update)
+
+
+def _optimflow_matrix_dims(params: Any) -> Any:
+  """optax.contrib.muon dimension numbers for the leaves optimflow.muon
+  orthogonalises (Flax layout: conv kernels as ``(h w in, out)``); ``None``
+  (its Adam branch) for embeddings, heads, norms and biases."""
+  keep = optimflow.orthogonal.default_matrix_filter()
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: (optimflow.linalg.flax_dimension_numbers(x.ndim)
+                       if keep(path, x) else None), params)
+
+
+# optax.contrib.muon's default routes only 2-D leaves to Muon: on the ResNet
+# tree that is the head alone (conv kernels go to its Adam branch). This row
+# gives it optimflow.muon's routing, for a like-for-like comparison.
+CASES.setdefault('optax.contrib.muon(flax dims)', Case(
+    lambda: optax.contrib.muon(
+        0.02, adam_learning_rate=3e-4,
+        muon_weight_dimension_numbers=_optimflow_matrix_dims),
+    note="optimflow.muon's routing: hidden matrices and conv kernels"))
+
+
+_SAM_RHO = 0.05
+CASES.setdefault('optax.contrib.sam', Case(
+    lambda: with_stand_in_grad_fn(optax.contrib.sam(
+        optax.sgd(LR, momentum=0.9),
+        optax.chain(optax.contrib.normalize(), optax.sgd(_SAM_RHO)),
+        opaque_mode=True)),
+    note='opaque mode; grad_fn: elementwise stand-in'))
+CASES.setdefault('sam', Case(
+    lambda: with_stand_in_grad_fn(
+        optimflow.sam_sgd(LR, rho=_SAM_RHO, momentum=0.9)),
+    baseline='optax.contrib.sam', note='grad_fn: elementwise stand-in'))
+CASES.setdefault('asam', Case(
+    lambda: with_stand_in_grad_fn(
+        optimflow.asam_sgd(LR, rho=0.5, momentum=0.9)),
+    baseline='optax.contrib.sam', note='grad_fn: elementwise stand-in'))
+CASES.setdefault('param_ema', Case(
+    lambda: optimflow.sharpness.sgd_with_param_ema(LR, momentum=0.9,
+                                                   decay=0.99),
+    baseline='optax.sgd_momentum', note='SGD+momentum and the parameter EMA'))
+
+
+class _ClosureStepper:
+  """A torch optimizer whose ``step`` needs a closure (SAM), stepped with the
+  stand-in closure ``p.grad = g + 1e-3 p``."""
+
+  def __init__(self, opt: Any, params: list[Any]):
+    self.opt, self.state = opt, opt.state
+    grads = [p.grad.detach().clone() for p in params]
+
+    def closure():
+      for p, g in zip(params, grads):
+        p.grad = g + 1e-3 * p.detach()
+
+    self.closure = closure
+
+  def step(self) -> None:
+    self.opt.step(self.closure)
+
+
+def _register_sam_torch_cases() -> None:
+  try:
+    import pytorch_optimizer  # noqa: F401
+    import torch  # noqa: F401
+  except ImportError:
+    return
+  TORCH_CASES.setdefault('torch:pytorch_optimizer.SAM', Case(
+      lambda ps: _ClosureStepper(pytorch_optimizer.SAM(
+          ps, torch.optim.SGD, rho=_SAM_RHO, lr=LR, momentum=0.9), ps),
+      baseline='sam', note='closure: elementwise stand-in'))
+
+
+_register_sam_torch_cases()
 
 
 # ---------------------------------------------------------------------------

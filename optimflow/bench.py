@@ -5,9 +5,9 @@ Wraps the repository's ``benchmarks/`` folder: the cases registered in
 ``benchmarks/step_time.py`` (``CASES``: optimflow and optax transformations;
 ``TORCH_CASES``: PyTorch peers, present when torch and the peer packages are
 installed) plus one case per catalog entry that has no row there (built with
-its ``defaults``; methods that need ``grad_fn`` get an elementwise stand-in
-``grad_fn(w) = g + 1e-3 w``, so their row times the optimizer's own work, not
-a second backward pass). Every chosen case and its baseline are timed
+its ``defaults``; methods that need ``grad_fn`` get the elementwise stand-in
+``grad_fn(w) = g + 1e-3 w`` of ``step_time.with_stand_in_grad_fn``, so their
+row times the optimizer's own work, not a second backward pass). Every chosen case and its baseline are timed
 round-robin in one process on each parameter tree (``transformer``: 23M
 parameters, ``resnet``: ResNet-18 shaped, 11.7M), and two floors are measured
 in the same run (:mod:`benchmarks.floors`): the memory floor (bytes the
@@ -77,20 +77,12 @@ def load_benchmarks() -> tuple[ModuleType, ModuleType]:
           importlib.import_module('benchmarks.floors'))
 
 
-def _stand_in_grad_fn(grads: Any) -> Any:
-  """``grad_fn(w) = g + 1e-3 w``: one elementwise pass, no backward pass."""
-  return lambda params: jax.tree.map(lambda g, w: g + 1e-3 * w, grads, params)
-
-
 def _catalog_tx(entry: catalog.Method) -> optax.GradientTransformation:
   tx = entry.build()
   if 'grad_fn' not in entry.needs:
     return tx
-
-  def update(grads, state, params=None):
-    return tx.update(grads, state, params, grad_fn=_stand_in_grad_fn(grads))
-
-  return optax.GradientTransformation(tx.init, update)
+  st, _ = load_benchmarks()
+  return st.with_stand_in_grad_fn(tx)
 
 
 def _has_row(name: str, cases: dict[str, Any]) -> bool:
@@ -121,10 +113,31 @@ def register_catalog_cases(st: ModuleType) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """What a bench run times: trees and case names (baselines included)."""
+  """What a bench run times: trees and case names (baselines included).
+
+  Attributes:
+    trees: tree names.
+    names: case names, each baseline before its cases.
+    cases: the requested cases (``'all'`` or a comma-separated list).
+    torch: whether the PyTorch peers were requested.
+  """
 
   trees: list[str]
   names: list[str]
+  cases: str = 'all'
+  torch: bool = True
+
+  def command(self, reps: int, output: Any = None) -> str:
+    """The ``python -m optimflow bench`` command of this plan."""
+    parts = ['python -m optimflow bench', '--trees ' + ','.join(self.trees)]
+    if self.cases != 'all':
+      parts.append(f'--cases {self.cases}')
+    parts.append(f'--reps {reps}')
+    if not self.torch:
+      parts.append('--no-torch')
+    if output is not None:
+      parts.append(f'--output {output}')
+    return ' '.join(parts)
 
 
 def plan(trees: Sequence[str], cases: str = 'all', *,
@@ -162,12 +175,16 @@ def plan(trees: Sequence[str], cases: str = 'all', *,
     if bad or not names:
       raise ValueError(f'unknown case(s) {", ".join(bad) or "(none)"}; '
                        f'valid cases: {", ".join(valid)}')
-  return Plan(trees, st.with_baselines(names))
+  text = 'all' if cases.strip() == 'all' else ','.join(names)
+  return Plan(trees, st.with_baselines(names), text, torch)
 
 
-def _cost(st: ModuleType, fl: ModuleType, case: Any, params: Any) -> Any:
-  tx, grads, state = st.jax_inputs(case, params)
-  return fl.update_cost(tx.update, grads, state, params)
+def _cost(fl: ModuleType, case: Any, params: Any) -> Any:
+  """The case's cost, traced on abstract values (nothing runs)."""
+  tx = case.build()
+  tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                      params)
+  return fl.update_cost(tx.update, tree, jax.eval_shape(tx.init, tree), tree)
 
 
 def _log(progress: bool, text: str) -> None:
@@ -175,13 +192,15 @@ def _log(progress: bool, text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run(p: Plan, *, reps: int = 10, progress: bool = False) -> dict[str, Any]:
+def run(p: Plan, *, reps: int = 10, progress: bool = False,
+        output: Any = None) -> dict[str, Any]:
   """Times the plan on each tree and attaches the floors.
 
   Args:
     p: from :func:`plan`.
     reps: timed round-robin repetitions.
     progress: one line on stderr per phase.
+    output: the output folder, for the recorded command.
 
   Returns:
     The content of ``bench.json``: the machine, and per tree its size, the
@@ -190,7 +209,8 @@ def run(p: Plan, *, reps: int = 10, progress: bool = False) -> dict[str, Any]:
     floor).
   """
   st, fl = load_benchmarks()
-  out: dict[str, Any] = {'machine': report.machine_info(), 'reps': reps,
+  out: dict[str, Any] = {'command': p.command(reps, output),
+                         'machine': report.machine_info(), 'reps': reps,
                          'trees': []}
   for tree in p.trees:
     params = st.TREES[tree]()
@@ -202,7 +222,7 @@ def run(p: Plan, *, reps: int = 10, progress: bool = False) -> dict[str, Any]:
     for name in p.names:
       if name in st.CASES:
         try:
-          costs[name] = _cost(st, fl, st.CASES[name], params)
+          costs[name] = _cost(fl, st.CASES[name], params)
         except Exception as e:  # pylint: disable=broad-except
           _log(progress, f'  no floor for {name}: {type(e).__name__}: {e}')
     buffer = min(max(nbytes, 32 << 20), 256 << 20)
@@ -240,13 +260,19 @@ def _ratio(x: Any) -> str:
   return '' if x is None else f'{x:.2f}x'
 
 
+def _ms(x: Any) -> str:
+  if x is None:
+    return ''
+  return f'{x:.1f}' if x >= 100 else f'{x:.3g}'
+
+
 def _rows_markdown(rows: list[dict[str, Any]]) -> str:
   return report.markdown_table([{
       'case': r['case'],
-      'median ms': f'{r["median_ms"]:.2f}',
+      'median ms': _ms(r['median_ms']),
       'vs baseline': _ratio(r['ratio']),
       'baseline': r['baseline'] or '',
-      'floor ms': '' if r['floor_ms'] is None else f'{r["floor_ms"]:.2f}',
+      'floor ms': _ms(r['floor_ms']),
       'bound': r['bound'] or '',
       'vs floor': _ratio(r['ratio_to_floor']),
       'state MB': f'{r["state_bytes"] / 2**20:.1f}',
@@ -255,7 +281,8 @@ def _rows_markdown(rows: list[dict[str, Any]]) -> str:
 
 def markdown(result: dict[str, Any], heading: str = '###') -> str:
   """The report: per tree, its rates and the table."""
-  parts = [f'Machine: {report.describe_machine(result["machine"])}; median '
+  parts = [f'`{result["command"]}`',
+           f'Machine: {report.describe_machine(result["machine"])}; median '
            f'of {result["reps"]} round-robin repetitions. "vs baseline": '
            'median over the baseline\'s (optax\'s nearest equivalent; for '
            'PyTorch peers, the optimflow row). "floor": the larger of bytes '

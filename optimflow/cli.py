@@ -117,8 +117,9 @@ def _task_lines() -> str:
 def build_parser() -> argparse.ArgumentParser:
   """The argument parser of ``python -m optimflow``."""
   fmt = argparse.RawDescriptionHelpFormatter
-  parser = _Parser(prog='optimflow', description=__doc__,
-                   formatter_class=fmt)
+  text = __doc__.replace('``', '').replace('::', ':').replace(
+      ':mod:`optimflow.bench`', 'optimflow/bench.py')
+  parser = _Parser(prog='optimflow', description=text, formatter_class=fmt)
   sub = parser.add_subparsers(dest='command', required=True,
                               parser_class=_Parser, metavar='COMMAND')
   epilog = (
@@ -289,7 +290,7 @@ def _bench(parser, args) -> int:
   except (ValueError, ImportError) as e:
     parser.error(str(e))
   check_output(parser, args.output)
-  result = bench.run(plan, reps=args.reps, progress=True)
+  result = bench.run(plan, reps=args.reps, progress=True, output=args.output)
   print(bench.markdown(result))
   written = bench.write_outputs(result, args.output)
   print('wrote ' + ', '.join(str(p) for p in written))

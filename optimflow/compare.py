@@ -238,6 +238,15 @@ class Run:
     rest = self.step_time_s[1:]
     return float(1e3 * rest.mean()) if rest.size else float('nan')
 
+  @property
+  def wall_s(self) -> np.ndarray:
+    """Cumulative wall time after each step, the first (compiling) step
+    counted at the median of the others."""
+    times = np.array(self.step_time_s, np.float64)
+    if times.size > 1:
+      times[0] = np.median(times[1:])
+    return np.cumsum(times)
+
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
@@ -638,11 +647,13 @@ def compare(task_name: str, method_names: Sequence[str], *,
         'train_loss': _summary([r.final_train_loss for r in runs]),
         'test_metric': _summary([r.test_metric for r in runs]),
         'ms_per_step': _summary([r.ms_per_step for r in runs]),
+        'compile_s': [float(r.step_time_s[0]) for r in runs],
         'opt_state_bytes': runs[0].opt_state_bytes,
         'grad_evals_per_step': runs[0].grad_evals_per_step,
         'curves': {
             'train_loss': [r.train_loss.tolist() for r in runs],
             'step_time_s': [r.step_time_s.tolist() for r in runs],
+            'wall_s': [r.wall_s.tolist() for r in runs],
             'eval_steps': runs[0].eval_steps.tolist(),
             'test_metric': [r.metric_curve.tolist() for r in runs],
         },
@@ -673,7 +684,7 @@ def compare(task_name: str, method_names: Sequence[str], *,
 
 
 #: Fields that hold wall times; everything else is deterministic.
-TIMING_FIELDS = ('ms_per_step', 'step_time_s')
+TIMING_FIELDS = ('ms_per_step', 'compile_s', 'step_time_s', 'wall_s')
 
 
 def without_timing(results: dict[str, Any]) -> dict[str, Any]:
@@ -724,34 +735,72 @@ PLOTS = {
 }
 
 
-def results_markdown(results: dict[str, Any], *,
-                     plots: Sequence[str] = ()) -> str:
-  """``results.md``: settings, the table, hyperparameters, plot links."""
+def command_line(results: dict[str, Any], output: Optional[Path] = None
+                 ) -> str:
+  """The ``python -m optimflow compare`` command that reproduces ``results``.
+
+  Examples:
+    >>> from optimflow import compare
+    >>> compare.command_line({'task': 'rosenbrock', 'methods': ['lion'],
+    ...                       'steps': 10, 'seeds': [0, 1], 'batch_size': None,
+    ...                       'overrides': {'lion': {'b1': 0.8}},
+    ...                       'tune_lr': True}, 'out')
+    'python -m optimflow compare --task rosenbrock --methods lion --steps 10 --seeds 2 --set lion.b1=0.8 --tune-lr --output out'
+  """
+  parts = ['python -m optimflow compare', f'--task {results["task"]}']
+  methods = list(results['methods'])
+  parts.append('--methods ' + ('all' if methods == valid_methods()
+                               else ','.join(methods)))
+  parts += [f'--steps {results["steps"]}', f'--seeds {len(results["seeds"])}']
+  task = TASKS[results['task']]()
+  if results['batch_size'] not in (None, task.batch_size):
+    parts.append(f'--batch-size {results["batch_size"]}')
+  for method, kwargs in results.get('overrides', {}).items():
+    for key, value in kwargs.items():
+      text = f'{method}.{key}={value!r}'
+      parts.append(f'--set {text!r}' if ' ' in text else f'--set {text}')
+  if results.get('tune_lr'):
+    parts.append('--tune-lr')
+  if output is not None:
+    parts.append(f'--output {output}')
+  return ' '.join(parts)
+
+
+def summary_markdown(results: dict[str, Any],
+                     output: Optional[Path] = None) -> str:
+  """The command, the settings and the table (``results.md`` and README)."""
   seeds = results['seeds']
   batch = (f', batch {results["batch_size"]}'
            if results['kind'] == 'network' else '')
-  lines = [
-      f'# {results["task"]}: {len(results["methods"])} methods',
+  metric = results['metric']
+  return '\n'.join([
+      f'`{command_line(results, output)}`',
       '',
       f'{results["task_summary"]}. {results["steps"]} steps, '
       f'{len(seeds)} seed(s) ({", ".join(map(str, seeds))}){batch}; '
       f'mean ± std over seeds. Machine: '
-      f'{report.describe_machine(results["machine"])}.',
-      '',
-      f'Columns: final train loss, {results["metric"]["name"]} '
-      f'({"higher" if results["metric"]["higher_is_better"] else "lower"} '
-      'is better), wall time per step (compilation excluded), optimizer '
-      'state bytes, gradient evaluations per step.',
+      f'{report.describe_machine(results["machine"])}. Columns: final '
+      f'train loss, {metric["name"]} '
+      f'({"higher" if metric["higher_is_better"] else "lower"} is better), '
+      'wall time per step (compilation excluded), optimizer state bytes, '
+      'gradient evaluations per step.',
       '',
       report.markdown_table(table_rows(results), align='lrrrrr'),
-      '',
-      'Hyperparameters:',
-      '',
-  ]
+  ])
+
+
+def results_markdown(results: dict[str, Any], *,
+                     plots: Sequence[str] = (),
+                     output: Optional[Path] = None) -> str:
+  """``results.md``: command, settings, the table, hyperparameters, plots."""
   if results.get('tune_lr'):
-    lines[-2] = ('Hyperparameters (learning rate: the best of '
-                 f'{len(LR_FACTORS)} on a log grid from 1/100 to 100 times '
-                 'the default, by mean final loss):')
+    heading = ('Hyperparameters (learning rate: the best of '
+               f'{len(LR_FACTORS)} on a log grid from 1/100 to 100 times '
+               'the default, by mean final loss):')
+  else:
+    heading = 'Hyperparameters:'
+  lines = [f'# {results["task"]}: {len(results["methods"])} methods', '',
+           summary_markdown(results, output), '', heading, '']
   for r in results['results']:
     lines.append(f'- `{r["method"]}` ({r["source"]}): '
                  f'{_kwargs_text(r["hyperparameters"]) or "(defaults)"}')
@@ -760,6 +809,56 @@ def results_markdown(results: dict[str, Any], *,
     for name in plots:
       lines.append(f'![{PLOTS.get(name, name)}]({name})')
   return '\n'.join(lines) + '\n'
+
+
+#: ``results.json`` keeps at most this many points of a per-step curve.
+MAX_POINTS = 200
+
+
+def _round(value: Any, digits: int = 6) -> Any:
+  if isinstance(value, float):
+    return float(f'{value:.{digits}g}') if math.isfinite(value) else value
+  if isinstance(value, list):
+    return [_round(v, digits) for v in value]
+  return value
+
+
+def storable(results: dict[str, Any],
+             max_points: int = MAX_POINTS) -> dict[str, Any]:
+  """What ``results.json`` holds: ``results`` with curves thinned to
+  ``max_points`` steps and rounded (the metric to 6 significant digits, loss,
+  wall time and trajectories to 4: plenty for plots).
+
+  Per-step series longer than ``max_points`` (train loss, cumulative wall
+  time; on 2-D functions also the metric and the trajectories) keep evenly
+  spaced steps, always the last; ``curves['index']`` lists the steps kept
+  (1-based; trajectories keep ``x_0`` too). Per-step times are left out
+  (``wall_s`` holds them, ``compile_s`` the first step's). The summaries in
+  the table are computed before thinning.
+  """
+  steps = results['steps']
+  index = np.arange(1, steps + 1)
+  if steps > max_points:
+    index = np.unique(np.linspace(1, steps, max_points).round().astype(int))
+  pick = lambda curve, digits=4: [_round([c[i - 1] for i in index], digits)
+                                  for c in curve]
+  out = dict(results, results=[])
+  for r in results['results']:
+    curves = dict(r['curves'], index=index.tolist())
+    del curves['step_time_s']
+    for key in ('train_loss', 'wall_s'):
+      curves[key] = pick(r['curves'][key])
+    if len(r['curves']['eval_steps']) == steps:
+      curves['eval_steps'] = index.tolist()
+      curves['test_metric'] = pick(r['curves']['test_metric'], 6)
+    else:
+      curves['test_metric'] = _round(curves['test_metric'])
+    r = dict(r, curves=curves)
+    if 'trajectories' in r:
+      r['trajectories'] = [_round([t[0]] + [t[i] for i in index], 4)
+                           for t in r['trajectories']]
+    out['results'].append(r)
+  return out
 
 
 def write_outputs(results: dict[str, Any], folder: Path) -> list[Path]:
@@ -774,7 +873,8 @@ def write_outputs(results: dict[str, Any], folder: Path) -> list[Path]:
   folder = Path(folder)
   written = []
   path = folder / 'results.json'
-  path.write_text(json.dumps(results, indent=1, default=repr) + '\n')
+  path.write_text(json.dumps(storable(results), separators=(',', ':'),
+                             default=repr) + '\n')
   written.append(path)
   plots = ['loss_vs_steps.png', 'loss_vs_time.png']
   plotting.loss_vs_steps(results, folder / plots[0])
@@ -784,6 +884,6 @@ def write_outputs(results: dict[str, Any], folder: Path) -> list[Path]:
     plotting.trajectories(results, folder / plots[2])
   written += [folder / p for p in plots]
   path = folder / 'results.md'
-  path.write_text(results_markdown(results, plots=plots))
+  path.write_text(results_markdown(results, plots=plots, output=folder))
   written.append(path)
   return written

@@ -5,8 +5,9 @@ Each function takes the dict returned by :func:`optimflow.compare.compare`
 
 * :func:`loss_vs_steps`: train loss against step, mean over seeds (mini-batch
   losses smoothed by a moving average);
-* :func:`loss_vs_time`: the same curves against cumulative wall time, the
-  first (compiling) step counted at the median step time;
+* :func:`loss_vs_time`: the same curves against cumulative wall time
+  (``curves['wall_s']``: the first, compiling, step counted at the median
+  step time);
 * :func:`trajectories`: for 2-D functions, one panel per method with the
   iterates of every seed on the contour of the function, start and optimum
   marked, as pytorch-optimizer's visualisations of Rosenbrock and Rastrigin.
@@ -52,11 +53,12 @@ def _mean_loss(r: dict[str, Any]) -> np.ndarray:
   return np.maximum(np.mean(loss, axis=0), _FLOOR)
 
 
-def _cumulative_time(r: dict[str, Any]) -> np.ndarray:
-  times = np.array(r['curves']['step_time_s'], np.float64)
-  if times.shape[1] > 1:
-    times[:, 0] = np.median(times[:, 1:], axis=1)
-  return np.cumsum(np.mean(times, axis=0))
+def _steps(r: dict[str, Any]) -> np.ndarray:
+  """Step numbers of the stored curve points (thinned in results.json)."""
+  index = r['curves'].get('index')
+  if index is None:
+    return np.arange(1, len(r['curves']['train_loss'][0]) + 1)
+  return np.asarray(index)
 
 
 def _styles(n: int):
@@ -74,9 +76,9 @@ def _loss_plot(results: dict[str, Any], path: Path, against: str) -> None:
     loss = _mean_loss(r)
     width, smooth = _smooth(loss, results)
     if against == 'steps':
-      x = np.arange(1, len(loss) + 1)[width - 1:]
+      x = _steps(r)[width - 1:]
     else:
-      x = _cumulative_time(r)[width - 1:]
+      x = np.mean(np.asarray(r['curves']['wall_s']), axis=0)[width - 1:]
     ax.plot(x, smooth, label=r['method'], color=color, linestyle=dash,
             linewidth=1.4)
   ax.set_yscale('log')
@@ -104,7 +106,7 @@ def loss_vs_time(results: dict[str, Any], path: Path) -> None:
   _loss_plot(results, path, 'time')
 
 
-def _function_grid(results: dict[str, Any], n: int = 200):
+def _function_grid(results: dict[str, Any], n: int = 150):
   """The task's function evaluated on its plot window."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -127,14 +129,14 @@ def trajectories(results: dict[str, Any], path: Path) -> None:
   rows = results['results']
   cols = min(4, len(rows))
   nrows = math.ceil(len(rows) / cols)
-  fig, axes = plt.subplots(nrows, cols, figsize=(3.3 * cols, 3.1 * nrows),
+  fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.5 * nrows),
                            squeeze=False)
   x0, x1, y0, y1 = results['window']
   optimum = np.asarray(problem.optimum)
   for ax, r in zip(axes.ravel(), rows):
-    ax.contourf(gx, gy, levels_z, levels=30, cmap='viridis', alpha=0.8)
-    ax.contour(gx, gy, levels_z, levels=15, colors='k', linewidths=0.3,
-               alpha=0.5)
+    ax.contourf(gx, gy, levels_z, levels=12, cmap='viridis')
+    ax.contour(gx, gy, levels_z, levels=12, colors='k', linewidths=0.3,
+               alpha=0.4)
     for path_xy in r['trajectories']:
       xy = np.asarray(path_xy, np.float64)
       ax.plot(xy[:, 0], xy[:, 1], color='tab:red', linewidth=0.9, alpha=0.9)
@@ -144,7 +146,7 @@ def trajectories(results: dict[str, Any], path: Path) -> None:
     ax.plot(optimum[0], optimum[1], '*', color='gold', markersize=11,
             markeredgecolor='k')
     metric = r['test_metric']['mean']
-    ax.set_title(f'{r["method"]}\n|x - x*| = {metric:.3g}', fontsize=8)
+    ax.set_title(f'{r["method"]}: |x - x*| = {metric:.2g}', fontsize=7)
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.tick_params(labelsize=6)
@@ -153,5 +155,5 @@ def trajectories(results: dict[str, Any], path: Path) -> None:
   fig.suptitle(f'{results["task"]}: {results["steps"]} steps (white: start, '
                'red: end, star: optimum)', fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  fig.savefig(path, dpi=80)
   plt.close(fig)

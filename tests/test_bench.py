@@ -1,5 +1,6 @@
 """Tests of ``python -m optimflow bench`` and benchmarks/ (floors, trees)."""
 
+import dataclasses
 import json
 import math
 
@@ -105,17 +106,27 @@ def test_trees():
   assert st.tree_bytes(st.TREES['tiny-resnet']()) < 1 << 20
 
 
-def test_catalog_entries_without_rows_get_cases():
-  bench.load_benchmarks()
-  added = bench.register_catalog_cases(st)
+def test_catalog_entries_without_rows_get_cases(monkeypatch):
+  fakes = (dataclasses.replace(catalog.get('lion'), name='fake_lion'),
+           dataclasses.replace(catalog.get('sam'), name='fake_sam',
+                               optax_equivalent='contrib.sam'),
+           dataclasses.replace(catalog.get('lion'), name='fake_solver',
+                               kind='solver'))
+  monkeypatch.setattr(catalog, 'METHODS', catalog.METHODS + fakes)
+  monkeypatch.setattr(st, 'CASES', dict(st.CASES))
+  assert bench.register_catalog_cases(st) == ['fake_lion', 'fake_sam']
   for m in catalog.METHODS:
     if m.kind in ('transformation', 'extra_args'):
       assert bench._has_row(m.name, st.CASES), m.name
-  for name in added:
-    entry = catalog.get(name)
-    base = bench.OPTAX_CASES.get(entry.optax_equivalent or '')
-    assert st.CASES[name].baseline == (base if base in st.CASES else None)
+  assert st.CASES['fake_lion'].baseline == 'optax.lion'
+  assert st.CASES['fake_sam'].baseline == 'optax.contrib.sam'
+  assert 'stand-in' in st.CASES['fake_sam'].note
   assert bench.register_catalog_cases(st) == []  # idempotent
+  params = _tree()
+  for name in ('fake_lion', 'fake_sam'):  # both run as plain updates
+    tx, grads, state = st.jax_inputs(st.CASES[name], params)
+    updates, _ = tx.update(grads, state, params)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
 
 
 def test_extra_args_cases_run_with_a_stand_in_grad_fn():

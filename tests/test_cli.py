@@ -183,10 +183,12 @@ def test_tiny_run_writes_results_and_is_deterministic(tmp_path, capsys):
   lion, adamw = res['results']
   for r in (lion, adamw):
     assert len(r['curves']['train_loss'][0]) == 20
-    assert len(r['curves']['step_time_s'][0]) == 20
+    assert len(r['curves']['wall_s'][0]) == 20 and len(r['compile_s']) == 1
+    assert 'step_time_s' not in r['curves']  # wall_s holds the times
     assert r['grad_evals_per_step'] == 1
     assert 0.0 < r['test_metric']['mean'] <= 1.0
-    assert r['test_metric']['mean'] == r['curves']['test_metric'][0][-1]
+    assert r['test_metric']['mean'] == pytest.approx(
+        r['curves']['test_metric'][0][-1], rel=1e-5)  # stored: 6 digits
   # Lion keeps one moment, AdamW two (plus their int32 counters).
   assert adamw['opt_state_bytes'] - 4 == 2 * (lion['opt_state_bytes'] - 4)
   assert lion['source'] == 'catalog' and adamw['source'] == 'optax'
@@ -232,17 +234,42 @@ def test_function_task_trajectories(tmp_path, capsys):
   np.testing.assert_allclose(path0[0], [-1.5, 2.0])  # seed 0: canonical
   assert not np.allclose(path1[0], path0[0])  # seed 1: moved start
   problem = compare.get_task('rosenbrock').load()
+  f = lambda x: float(problem.loss(np.asarray(x, np.float32)))
+  # results.json stores paths and losses to 4 significant digits.
   np.testing.assert_allclose(
       lion['test_metric']['values'],
       [np.linalg.norm(p[-1] - np.asarray(problem.optimum))
-       for p in (path0, path1)], rtol=1e-6)
-  np.testing.assert_allclose(
-      lion['train_loss']['values'][0], float(problem.loss(path0[-1])),
-      rtol=1e-5)
+       for p in (path0, path1)], rtol=2e-3)
+  np.testing.assert_allclose(lion['train_loss']['values'][0], f(path0[-1]),
+                             rtol=2e-3)
   # The loss at step k is f(x_{k-1}).
   np.testing.assert_allclose(lion['curves']['train_loss'][0][:3],
-                             [float(problem.loss(x)) for x in path0[:3]],
-                             rtol=1e-5)
+                             [f(x) for x in path0[:3]], rtol=2e-3)
+
+
+def test_stored_results_thin_long_curves(tmp_path):
+  from optimflow import plotting
+
+  res = compare.compare('rosenbrock', ['adam'], steps=30, progress=False)
+  small = compare.storable(res, max_points=10)
+  (r,), (full,) = small['results'], res['results']
+  index = r['curves']['index']
+  assert len(index) == 10 and index[0] == 1 and index[-1] == 30
+  assert len(r['curves']['train_loss'][0]) == 10
+  assert r['curves']['eval_steps'] == index
+  traj = np.asarray(r['trajectories'][0])
+  assert traj.shape == (11, 2)
+  np.testing.assert_allclose(traj[1:], np.asarray(full['trajectories'][0])[
+      index], rtol=1e-3)
+  np.testing.assert_allclose(r['curves']['wall_s'][0][-1],
+                             full['curves']['wall_s'][0][-1], rtol=1e-3)
+  assert r['train_loss'] == full['train_loss']  # summaries are not thinned
+  assert compare.storable(res)['results'][0]['curves']['index'] == list(
+      range(1, 31))
+  for plot in (plotting.loss_vs_steps, plotting.loss_vs_time,
+               plotting.trajectories):  # plots read thinned results too
+    plot(small, tmp_path / 'p.png')
+    assert (tmp_path / 'p.png').stat().st_size > 5_000
 
 
 def test_function_task_is_deterministic():

@@ -79,6 +79,12 @@ _LION_KAPPA_PAPER = (
     'https://arxiv.org/abs/2310.05898',
 )
 
+_ADAMP_PAPER = (
+    'AdamP: Slowing Down the Slowdown for Momentum Optimizers on '
+    'Scale-invariant Weights (Heo et al., 2021)',
+    'https://arxiv.org/abs/2006.08217',
+)
+
 _SAM_PAPER = (
     'Sharpness-Aware Minimization for Efficiently Improving Generalization '
     '(Foret, Kleiner, Mobahi, Neyshabur, 2021)',
@@ -110,12 +116,6 @@ _SWAN_PAPER = (
     'SWAN: SGD with Normalization and Whitening Enables Stateless LLM '
     'Training (Ma, Gong, Scetbon, Meeds, 2024)',
     'https://arxiv.org/abs/2412.13148',
-)
-
-_ADAMP_PAPER = (
-    'AdamP: Slowing Down the Slowdown for Momentum Optimizers on '
-    'Scale-invariant Weights (Heo et al., 2021)',
-    'https://arxiv.org/abs/2006.08217',
 )
 
 METHODS: tuple[Method, ...] = (
@@ -151,6 +151,41 @@ METHODS: tuple[Method, ...] = (
             dict(kappa=('relativistic', 0.1)),
         ),
         optax_equivalent='lion',
+    ),
+    Method(
+        name='adamp',
+        factory=radial.adamp,
+        family='radial',
+        paper=_ADAMP_PAPER[0],
+        url=_ADAMP_PAPER[1],
+        summary='Adam minus the radial part of the update on scale-invariant '
+        'weights',
+        defaults=dict(learning_rate=1e-3, weight_decay=1e-2),
+        test_kwargs=dict(learning_rate=1e-2),
+        static_args=('nesterov', 'channel_axis'),
+        variants=(
+            dict(nesterov=True, weight_decay=1e-4),
+            dict(channel_axis=0, delta=0.5, wd_ratio=0.5),
+        ),
+        optax_equivalent='adamw',
+    ),
+    Method(
+        name='sgdp',
+        factory=radial.sgdp,
+        family='radial',
+        paper=_ADAMP_PAPER[0],
+        url=_ADAMP_PAPER[1],
+        summary='momentum SGD minus the radial part of the update on '
+        'scale-invariant weights',
+        defaults=dict(learning_rate=0.1, momentum=0.9, nesterov=True,
+                      weight_decay=1e-5),
+        test_kwargs=dict(learning_rate=1e-3, momentum=0.9),
+        static_args=('nesterov', 'channel_axis'),
+        variants=(
+            dict(nesterov=True, weight_decay=1e-4),
+            dict(momentum=0.5, dampening=0.5, channel_axis=0),
+        ),
+        optax_equivalent='sgd',
     ),
     # Sharpness-aware methods. ``sam`` / ``asam`` alone emit a gradient (the
     # one at the perturbed point), so their entries build them in front of
@@ -263,41 +298,6 @@ METHODS: tuple[Method, ...] = (
             dict(output_scale=None, ns_steps=6, ns_beta=0.8),
         ),
         optax_equivalent='adamw',
-    ),
-    Method(
-        name='adamp',
-        factory=radial.adamp,
-        family='radial',
-        paper=_ADAMP_PAPER[0],
-        url=_ADAMP_PAPER[1],
-        summary='Adam minus the radial part of the update on scale-invariant '
-        'weights',
-        defaults=dict(learning_rate=1e-3, weight_decay=1e-2),
-        test_kwargs=dict(learning_rate=1e-2),
-        static_args=('nesterov', 'channel_axis'),
-        variants=(
-            dict(nesterov=True, weight_decay=1e-4),
-            dict(channel_axis=0, delta=0.5, wd_ratio=0.5),
-        ),
-        optax_equivalent='adamw',
-    ),
-    Method(
-        name='sgdp',
-        factory=radial.sgdp,
-        family='radial',
-        paper=_ADAMP_PAPER[0],
-        url=_ADAMP_PAPER[1],
-        summary='momentum SGD minus the radial part of the update on '
-        'scale-invariant weights',
-        defaults=dict(learning_rate=0.1, momentum=0.9, nesterov=True,
-                      weight_decay=1e-5),
-        test_kwargs=dict(learning_rate=1e-3, momentum=0.9),
-        static_args=('nesterov', 'channel_axis'),
-        variants=(
-            dict(nesterov=True, weight_decay=1e-4),
-            dict(momentum=0.5, dampening=0.5, channel_axis=0),
-        ),
-        optax_equivalent='sgd',
     ),
 )
 

@@ -274,7 +274,10 @@ def _compare(parser, args) -> int:
   check_output(parser, args.output)
   results = compare(args.task, methods, steps=args.steps, seeds=args.seeds,
                     batch_size=args.batch_size, overrides=overrides,
-                    tune_lr=args.tune_lr, progress=not args.no_progress)
+                    tune_lr=args.tune_lr, progress=not args.no_progress,
+                    methods_arg=None if args.methods is None else ','.join(
+                        n.strip() for n in args.methods.split(',')
+                        if n.strip()))
   print(results_table(results))
   written = compare_lib.write_outputs(results, args.output)
   print('wrote ' + ', '.join(str(p) for p in written))

@@ -592,7 +592,8 @@ def compare(task_name: str, method_names: Sequence[str], *,
             batch_size: Optional[int] = None,
             overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
             tune_lr: bool = False,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True,
+            methods_arg: Optional[str] = None) -> dict[str, Any]:
   """Runs every method on ``task_name`` for seeds ``0 .. seeds-1``.
 
   Args:
@@ -605,6 +606,8 @@ def compare(task_name: str, method_names: Sequence[str], *,
     tune_lr: 2-D functions only: pick each method's learning rate with
       :func:`tune_learning_rate`.
     progress: one tqdm bar per run (per method during a search).
+    methods_arg: what ``--methods`` said (e.g. ``'all'``), recorded for the
+      command line in ``results.md``; default: the names.
 
   Returns:
     The content of ``results.json``: the task, settings, machine and per
@@ -672,6 +675,8 @@ def compare(task_name: str, method_names: Sequence[str], *,
       'seeds': list(range(seeds)),
       'batch_size': batch_size,
       'methods': [s.name for s in specs],
+      'methods_arg': (methods_arg if methods_arg is not None
+                      else ','.join(s.name for s in specs)),
       'overrides': {k: dict(v) for k, v in (overrides or {}).items()},
       'tune_lr': bool(tune_lr),
       'machine': report.machine_info(),
@@ -742,15 +747,15 @@ def command_line(results: dict[str, Any], output: Optional[Path] = None
   Examples:
     >>> from optimflow import compare
     >>> compare.command_line({'task': 'rosenbrock', 'methods': ['lion'],
+    ...                       'methods_arg': 'lion',
     ...                       'steps': 10, 'seeds': [0, 1], 'batch_size': None,
     ...                       'overrides': {'lion': {'b1': 0.8}},
     ...                       'tune_lr': True}, 'out')
     'python -m optimflow compare --task rosenbrock --methods lion --steps 10 --seeds 2 --set lion.b1=0.8 --tune-lr --output out'
   """
-  parts = ['python -m optimflow compare', f'--task {results["task"]}']
-  methods = list(results['methods'])
-  parts.append('--methods ' + ('all' if methods == valid_methods()
-                               else ','.join(methods)))
+  parts = ['python -m optimflow compare', f'--task {results["task"]}',
+           '--methods ' + results.get('methods_arg',
+                                      ','.join(results['methods']))]
   parts += [f'--steps {results["steps"]}', f'--seeds {len(results["seeds"])}']
   task = TASKS[results['task']]()
   if results['batch_size'] not in (None, task.batch_size):

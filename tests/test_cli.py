@@ -53,6 +53,8 @@ def _fails(capsys, argv, *expected):
      ('lion(', 'learning_rate=-1', 'out of range')),
     (['compare', '--methods', 'optax.lion', '--set',
       'optax.lion.b1=nonsense'], ('optax.lion(',)),
+    (['compare', '--task', 'digits', '--tune-lr'],
+     ('--tune-lr is for the 2-D functions, not digits',)),
     (['bench', '--trees', 'vgg'],
      ('unknown tree(s) vgg', 'valid trees:', 'transformer', 'resnet')),
     (['bench', '--cases', 'lion,zzz'],
@@ -174,6 +176,8 @@ def test_tiny_run_writes_results_and_is_deterministic(tmp_path, capsys):
   md = (tmp_path / 'a' / 'results.md').read_text()
   assert '| method | train loss | test acc | ms/step | state bytes |' in md
   assert '![train loss against step](loss_vs_steps.png)' in md
+  assert ('`python -m optimflow compare --task digits --methods lion,adamw '
+          f'--steps 20 --seeds 1 --output {tmp_path / "a"}`') in md
   assert "- `lion` (catalog): learning_rate=0.0003, weight_decay=0.01" in md
   assert res['task'] == 'digits' and res['steps'] == 20
   assert res['seeds'] == [0] and res['methods'] == ['lion', 'adamw']
@@ -270,6 +274,26 @@ def test_stored_results_thin_long_curves(tmp_path):
                plotting.trajectories):  # plots read thinned results too
     plot(small, tmp_path / 'p.png')
     assert (tmp_path / 'p.png').stat().st_size > 5_000
+
+
+def test_tune_lr_keeps_the_best_learning_rate():
+  res = compare.compare('rosenbrock', ['sgd'], steps=40, tune_lr=True,
+                        progress=False)
+  (r,) = res['results']
+  search = r['lr_search']
+  base = compare.BASELINES['sgd'].function['learning_rate']
+  assert search['learning_rates'] == pytest.approx(
+      [base * f for f in compare.LR_FACTORS], rel=1e-2)
+  best = int(np.argmin(search['final_loss']))
+  assert search['chosen'] == search['learning_rates'][best]
+  assert r['hyperparameters'] == {'learning_rate': search['chosen']}
+  assert r['train_loss']['mean'] == search['final_loss'][best]
+  # The kept run is the run of that learning rate.
+  again = compare.compare('rosenbrock', ['sgd'], steps=40, progress=False,
+                          overrides={'sgd': {'learning_rate':
+                                             search['chosen']}})
+  assert again['results'][0]['train_loss'] == r['train_loss']
+  assert 'best of 9' in compare.results_markdown(res)
 
 
 def test_function_task_is_deterministic():

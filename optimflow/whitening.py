@@ -109,9 +109,13 @@ def _rms_matched(delta: jax.Array, target_sq: jax.Array) -> jax.Array:
   return linalg._safe_divide(delta * jnp.sqrt(target_sq), norm)  # pylint: disable=protected-access
 
 
+@linalg.matrixwise
 def _whiten_matrices(x, *, ns_steps, ns_beta, output_scale, eps,
                      normalization):
-  """GradWhitening of a ``(B, m, n)`` float32 stack, then the output scale."""
+  """GradWhitening of a ``(B, m, n)`` float32 stack, then the output scale.
+
+  On CPU the stack runs one matrix at a time (:func:`linalg.matrixwise`).
+  """
   delta = linalg.whiten(x, ns_steps, ns_beta, eps=eps,
                         normalization=normalization)
   if output_scale == 'unit_rms':
@@ -376,7 +380,8 @@ def scale_by_swan(
   _check_eps(eps)
   sharding = sharding_lib.as_matrix_sharding(sharding)
 
-  def fn(x):  # x: (B, fan_in, fan_out)
+  @linalg.matrixwise
+  def fn(x):  # x: (B, fan_in, fan_out); on CPU one matrix at a time
     return _whiten_matrices(gradnorm(x, -2, eps, center), ns_steps=ns_steps,
                             ns_beta=ns_beta, output_scale=output_scale,
                             eps=eps, normalization=normalization)

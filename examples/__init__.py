@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 
 def smoke_from_env() -> bool:
@@ -43,3 +43,30 @@ def parse_args(name: str, description: str,
   args.smoke = args.smoke or smoke_from_env()
   args.output.mkdir(parents=True, exist_ok=True)
   return args
+
+
+def save_figure(make_figure: Callable[..., Any], path: Path, *args: Any,
+                dpi: int = 110) -> Path:
+  """Saves ``make_figure(*args)`` to ``path`` and closes it (for scripts).
+
+  Switches matplotlib to the Agg backend first, so that ``main`` runs on a
+  machine without a display (CI, a server); notebooks call ``make_figure``
+  themselves and keep their inline backend.
+
+  Args:
+    make_figure: returns a :class:`matplotlib.figure.Figure`.
+    path: the PNG to write.
+    *args: passed to ``make_figure``.
+    dpi: resolution.
+
+  Returns:
+    ``path``.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig = make_figure(*args)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path

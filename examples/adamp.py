@@ -278,17 +278,6 @@ def make_figure(runs: dict[str, list[Run]]):
   return fig
 
 
-def plot(runs: dict[str, list[Run]], path: Path) -> None:
-  """Saves :func:`make_figure` to ``path`` (Agg backend, for scripts)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig = make_figure(runs)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """Runs the comparison, prints the table, writes results.json and the PNG."""
   import examples  # pylint: disable=g-import-not-at-top
@@ -306,7 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         'quarter)')
   print(tasks.format_table(pairs))
   png = args.output / 'adamp.png'
-  plot(runs, png)
+  examples.save_figure(make_figure, png, runs)
   results = {
       'rows': rows,
       'pairs': pairs,

@@ -238,10 +238,8 @@ def compare(config: Config = FULL,
           for name in names]
 
 
-def plot(runs: Sequence[Run], path: Path) -> None:
+def make_figure(runs: Sequence[Run]):
   """Loss curves, step time and collective MB per run."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -262,8 +260,7 @@ def plot(runs: Sequence[Run], path: Path) -> None:
   for ax in axes[1:]:
     ax.set_xticks(xs, labels, rotation=60, fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -281,7 +278,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         'unrolled by trip count); MB: their results per device. Step times '
         'on simulated devices sharing a CPU are noisy.')
   png = args.output / 'distributed.png'
-  plot(runs, png)
+  examples.save_figure(make_figure, png, runs)
   results = {
       'config': dataclasses.asdict(config),
       'devices': DEVICES,

@@ -379,17 +379,6 @@ def make_figure(demo: ConstraintDemo, digits: DigitsDemo):
   return fig
 
 
-def plot(demo: ConstraintDemo, digits: DigitsDemo, path: Path) -> None:
-  """Saves :func:`make_figure` to ``path`` (Agg backend, for scripts)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig = make_figure(demo, digits)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """Runs both parts, prints the tables, writes results.json and the PNG."""
   import examples  # pylint: disable=g-import-not-at-top
@@ -406,7 +395,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   print(f'\n(b) digits MLP, {steps} steps')
   print(tasks.format_table(digits.rows))
   png = args.output / 'lion_kappa.png'
-  plot(demo, digits, png)
+  examples.save_figure(make_figure, png, demo, digits)
   results = {
       'constraint_demo': demo.rows,
       'entry_violation': demo.entry_violation,

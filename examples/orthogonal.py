@@ -248,18 +248,6 @@ def make_figure(runs: Sequence[Run], rows: Sequence[dict[str, Any]]):
   return fig
 
 
-def plot(runs: Sequence[Run], rows: Sequence[dict[str, Any]],
-         path: Path) -> None:
-  """Saves :func:`make_figure` to ``path`` (Agg backend, for scripts)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig = make_figure(runs, rows)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """Runs the comparison, prints the table, writes results.json and the PNG."""
   import examples  # pylint: disable=g-import-not-at-top
@@ -271,7 +259,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   rows = summary_rows(runs)
   print(training.format_table(rows))
   png = args.output / 'orthogonal.png'
-  plot(runs, rows, png)
+  examples.save_figure(make_figure, png, runs, rows)
   results = {
       'config': dataclasses.asdict(config),
       'hyperparameters': {m.name: m.hyperparameters for m in methods()},

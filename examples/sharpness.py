@@ -483,17 +483,6 @@ def make_figure(rows: list[dict[str, Any]], summary: list[dict[str, Any]]):
   return fig
 
 
-def plot(rows, summary, path: Path) -> None:
-  """Saves :func:`make_figure` to ``path`` (Agg backend, for scripts)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig = make_figure(rows, summary)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """Runs the study, prints the tables, writes results.json and the PNG."""
   import examples  # pylint: disable=g-import-not-at-top
@@ -515,7 +504,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   print()
   print(tasks.format_table(checked))
   png = args.output / 'sharpness.png'
-  plot(rows, summary, png)
+  examples.save_figure(make_figure, png, rows, summary)
   results = {'config': dataclasses.asdict(cfg), 'rows': rows,
              'summary': summary, 'claims': checked, 'smoke': args.smoke}
   (args.output / 'results.json').write_text(json.dumps(results, indent=2))

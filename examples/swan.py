@@ -342,18 +342,15 @@ def run(cfg: Config = FULL, *, progress: bool = True,
   return Results(cfg, histories, rows, memory, target)
 
 
-def plot(results: Results, path: Path) -> None:
-  """Validation-loss curves against tokens (mean and range over seeds)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
+def make_figure(results: Results):
+  """Validation loss against tokens (mean and range over seeds), memory."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   fig, (ax, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5))
   plot_curves(results, ax)
   plot_memory(results, ax_mem)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  return fig
 
 
 def plot_curves(results: Results, ax) -> None:
@@ -420,7 +417,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   print('\nmemory of the compiled training step')
   print(tasks.format_table(results.memory))
   png = args.output / 'swan.png'
-  plot(results, png)
+  examples.save_figure(make_figure, png, results, dpi=120)
   out = {
       'config': dataclasses.asdict(cfg),
       'target': results.target,

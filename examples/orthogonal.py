@@ -19,6 +19,24 @@ The claim checked at CPU scale is the papers' ordering on a small LM: Muon
 reaches a lower loss than AdamW in the same steps at little extra cost, AuON
 runs at AdamW-like cost, and Hybrid-AuON sits between them.
 
+Measured (full mode: 400 steps, 3 seeds, d=128 x 3 layers, context 64,
+batch 32; 2-core CPU; figure in ``docs/results/examples/orthogonal.png``):
+
+=============  ============  =========  =======  =========  ========
+method         valid loss    bits/char  step ms  update ms  state MB
+=============  ============  =========  =======  =========  ========
+AdamW          1.590 ± .040  2.29       117      1.4        4.78
+Muon           1.376 ± .014  1.99       130      16.4       2.53
+AuON           1.549 ± .017  2.24       113      3.0        2.53
+Hybrid-AuON    1.505 ± .006  2.17       119      7.2        2.53
+=============  ============  =========  =======  =========  ========
+
+Muon reaches AdamW's final validation loss at step 200 (27.6 s of training
+against AdamW's 49.4 s), Hybrid-AuON at step 320 (40.0 s), AuON just before
+step 400; the ordering Muon < Hybrid-AuON < AuON < AdamW holds at every
+evaluation. The update is 1-13% of a step here, so Muon's
+Newton-Schulz costs 11% more step time than AdamW and AuON none.
+
 Run ``python -m examples.orthogonal [--smoke] [--output runs/orthogonal]``.
 
 References:

@@ -32,8 +32,8 @@ Hybrid-AuON    1.505 ± .006  2.17       119      7.2        2.53
 =============  ============  =========  =======  =========  ========
 
 Muon reaches AdamW's final validation loss at step 200 (27.6 s of training
-against AdamW's 49.4 s), Hybrid-AuON at step 320 (40.0 s), AuON just before
-step 400; the ordering Muon < Hybrid-AuON < AuON < AdamW holds at every
+against AdamW's 49.4 s), Hybrid-AuON at step 320 (40.0 s), AuON only at the last
+evaluation (step 400); the ordering Muon < Hybrid-AuON < AuON < AdamW holds at every
 evaluation. The update is 1-13% of a step here, so Muon's
 Newton-Schulz costs 11% more step time than AdamW and AuON none.
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m optimflow {compare,bench,list}``.
+"""Command line: ``python -m optimflow {compare,bench,list,readme}``.
 
 ``compare`` trains a built-in task with several methods and seeds and prints,
 per method, the final train loss, the task's test metric, milliseconds per
@@ -14,7 +14,10 @@ functions, the trajectories on the contour) to ``--output``::
 ``bench`` times every catalog entry's jitted update against optax and the
 PyTorch peers on a transformer-shaped and a ResNet-shaped tree, next to the
 memory-bandwidth and matmul floors measured in the same run (see
-:mod:`optimflow.bench`). ``list`` prints the catalog.
+:mod:`optimflow.bench`). ``list`` prints the catalog. ``readme`` rewrites
+README.md's generated parts (the method table from the catalog, the Results
+section from the runs committed in ``docs/results/``; ``--check`` only
+verifies).
 
 Bad input (unknown task, method, tree or case, malformed ``--set``,
 non-positive counts, an output folder that cannot be written) ends with a
@@ -205,7 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
 
   lst = sub.add_parser('list', help='print the catalog (name, family, paper)')
   lst.set_defaults(subparser=lst)
+
+  readme = sub.add_parser(
+      'readme', help="regenerate README.md's method table (from the catalog) "
+      'and Results section (from docs/results/)')
+  readme.add_argument('--path', default='README.md',
+                      help='the README to rewrite (default README.md)')
+  readme.add_argument('--check', action='store_true',
+                      help='write nothing; exit 1 when a section is stale')
+  readme.set_defaults(subparser=readme)
   return parser
+
+
+def _readme(args) -> int:
+  from optimflow import report  # pylint: disable=g-import-not-at-top
+
+  table = catalog.update_readme(args.path, check=args.check)
+  results = report.update_readme_section(
+      args.path, 'results', report.results_section(), check=args.check)
+  for name, current in (('method table', table), ('Results', results)):
+    state = 'current' if current else ('stale' if args.check else 'rewritten')
+    print(f'{args.path}: {name} {state}')
+  return 1 if args.check and not (table and results) else 0
 
 
 def _methods(parser, text: Optional[str]) -> list[str]:
@@ -311,6 +335,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  'pip install "optimflow[examples]"')
   if args.command == 'list':
     return _list()
+  if args.command == 'readme':
+    return _readme(args)
   if args.command == 'bench':
     return _bench(args.subparser, args)
   return _compare(args.subparser, args)

@@ -50,7 +50,7 @@ def test_defaults_build(entry):
 
 def test_readme_table_is_current():
   assert catalog.update_readme(str(README), check=True), (
-      'README method table is stale: run `python -m optimflow.catalog`')
+      'README method table is stale: run `python -m optimflow readme`')
   text = README.read_text()
   for entry in catalog.METHODS:
     assert f'`optimflow.{entry.name}`' in text

@@ -347,3 +347,27 @@ def test_extra_args_methods_get_grad_fn(tmp_path, capsys, monkeypatch):
   assert res['results'][0]['grad_evals_per_step'] == 2
   assert res['results'][0]['hyperparameters'] == {'learning_rate': 0.1,
                                                   'rho': 0.05}
+
+
+def test_readme_command_checks_and_rewrites_both_sections(
+    tmp_path, monkeypatch, capsys):
+  root = Path(__file__).resolve().parents[1]
+  monkeypatch.chdir(root)  # results_section reads docs/results/
+  readme = tmp_path / 'README.md'
+  text = (root / 'README.md').read_text()
+  readme.write_text(text)
+  assert cli.main(['readme', '--check', '--path', str(readme)]) == 0
+  assert 'method table current' in capsys.readouterr().out
+  # Make both generated sections stale: drop a table row and a Results line.
+  lion_row = next(line for line in text.splitlines()
+                  if line.startswith('| `optimflow.lion` |'))
+  stale = text.replace(lion_row + '\n', '').replace(
+      '### compare: digits', '### compare: digitz', 1)
+  readme.write_text(stale)
+  assert cli.main(['readme', '--check', '--path', str(readme)]) == 1
+  out = capsys.readouterr().out
+  assert 'method table stale' in out and 'Results stale' in out
+  assert readme.read_text() == stale  # --check writes nothing
+  assert cli.main(['readme', '--path', str(readme)]) == 0
+  assert 'rewritten' in capsys.readouterr().out
+  assert readme.read_text() == text

@@ -75,4 +75,4 @@ def test_readme_results_section_is_current(monkeypatch):
   monkeypatch.chdir(ROOT)
   assert report.update_readme_section(
       'README.md', 'results', report.results_section(), check=True), (
-          'README.md is stale: run python -m optimflow.report')
+          'README.md is stale: run python -m optimflow readme')

@@ -1,8 +1,9 @@
 """Step time and optimizer-state memory, optimflow against optax and peers.
 
 Every case is timed in the same run, on the same parameter tree, with the
-same protocol: the jitted ``update`` (state donated, as in a training loop)
-is warmed up, then all cases are called round-robin ``--reps`` times with
+same protocol: the jitted ``update`` (state donated; with ``--apply``, update
+and ``apply_updates`` with parameters and state donated, as in a training
+loop) is warmed up, then all cases are called round-robin ``--reps`` times with
 ``block_until_ready`` (so load drift on a shared machine hits all alike); the
 table reports the median, the ratio to the case's baseline and the state
 bytes. PyTorch peers, when installed, run ``optimizer.step()`` on tensors of
@@ -11,6 +12,7 @@ the same shapes (torch layout).
     python benchmarks/step_time.py                       # every case
     python benchmarks/step_time.py --cases lion,optax.lion --reps 20
     python benchmarks/step_time.py --tree transformer-noembed --json out.json
+    python benchmarks/step_time.py --apply    # update + apply_updates
 
 Cases are registered in ``CASES`` (JAX) and ``TORCH_CASES`` (PyTorch) below;
 a family adds its rows there.
@@ -377,9 +379,33 @@ def jax_inputs(case: Case, params: Any) -> tuple[Any, Any, Any]:
   return tx, grads, state
 
 
-def jax_stepper(case: Case, params: Any) -> tuple[Callable[[], None], int]:
-  """One jitted update (state donated) as a closure, and the state bytes."""
+def jax_stepper(case: Case, params: Any, apply: bool = False
+                ) -> tuple[Callable[[], None], int]:
+  """One jitted step as a closure, and the state bytes.
+
+  ``apply=False``: ``tx.update`` alone, the state donated. ``apply=True``:
+  a training step's optimizer part, ``update`` then ``optax.apply_updates``
+  with parameters and state donated, as in a training loop; XLA then fuses
+  the update into the parameter write, and donated buffers are reused in
+  place (update-only timing copies state buffers that the returned updates
+  alias). The PyTorch peers' ``step()`` always applies the update.
+  """
   tx, grads, state = jax_inputs(case, params)
+  if apply:
+    def train_step(params, state):
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+
+    step_fn = jax.jit(train_step, donate_argnums=(0, 1))
+    box = {'params': jax.tree.map(lambda x: jnp.array(x, copy=True), params),
+           'state': state}
+
+    def step():
+      box['params'], box['state'] = step_fn(box['params'], box['state'])
+      jax.block_until_ready(box['params'])
+
+    return step, tree_bytes(box['state'])
+
   box = {'state': state}
   update = jax.jit(tx.update, donate_argnums=(1,))
 
@@ -408,14 +434,18 @@ def torch_stepper(case: Case, params: Any) -> tuple[Callable[[], None], int]:
 
 
 def run(names: list[str], tree: str, reps: int,
-        warmup: int = 2) -> list[dict[str, Any]]:
-  """Times the cases interleaved (round-robin), so load drift hits all alike."""
+        warmup: int = 2, apply: bool = False) -> list[dict[str, Any]]:
+  """Times the cases interleaved (round-robin), so load drift hits all alike.
+
+  ``apply``: time update + ``apply_updates`` (see :func:`jax_stepper`).
+  """
   params = TREES[tree]()
   cases, steppers, nbytes = {}, {}, {}
   for name in names:
     if name in CASES:
       cases[name] = CASES[name]
-      steppers[name], nbytes[name] = jax_stepper(CASES[name], params)
+      steppers[name], nbytes[name] = jax_stepper(CASES[name], params,
+                                                 apply)
     else:
       cases[name] = TORCH_CASES[name]
       steppers[name], nbytes[name] = torch_stepper(TORCH_CASES[name], params)
@@ -477,6 +507,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument('--tree', default='transformer', choices=sorted(TREES))
   parser.add_argument('--reps', type=int, default=10)
   parser.add_argument('--json', default=None, help='write rows as JSON here')
+  parser.add_argument('--apply', action='store_true',
+                      help='time update + apply_updates with parameters and '
+                      'state donated (a training step\'s optimizer part)')
   args = parser.parse_args(argv)
   known = list(CASES) + list(TORCH_CASES)
   names = known if args.cases == 'all' else args.cases.split(',')
@@ -487,8 +520,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   n_params = sum(x.size for x in jax.tree.leaves(TREES[args.tree]()))
   print(f'tree={args.tree} ({n_params / 1e6:.1f}M params), '
         f'backend={jax.default_backend()}, devices={jax.device_count()}, '
-        f'reps={args.reps}', file=sys.stderr)
-  rows = run(names, args.tree, args.reps)
+        f'reps={args.reps}, apply={args.apply}', file=sys.stderr)
+  rows = run(names, args.tree, args.reps, apply=args.apply)
   print(format_table(rows))
   if args.json:
     with open(args.json, 'w') as f:

@@ -120,12 +120,15 @@ class Plan:
     names: case names, each baseline before its cases.
     cases: the requested cases (``'all'`` or a comma-separated list).
     torch: whether the PyTorch peers were requested.
+    apply: time update + ``apply_updates`` with parameters and state donated
+      (a training step's optimizer part) instead of the update alone.
   """
 
   trees: list[str]
   names: list[str]
   cases: str = 'all'
   torch: bool = True
+  apply: bool = False
 
   def command(self, reps: int, output: Any = None) -> str:
     """The ``python -m optimflow bench`` command of this plan."""
@@ -135,13 +138,15 @@ class Plan:
     parts.append(f'--reps {reps}')
     if not self.torch:
       parts.append('--no-torch')
+    if self.apply:
+      parts.append('--apply')
     if output is not None:
       parts.append(f'--output {output}')
     return ' '.join(parts)
 
 
 def plan(trees: Sequence[str], cases: str = 'all', *,
-         torch: bool = True) -> Plan:
+         torch: bool = True, apply: bool = False) -> Plan:
   """Validates the trees and cases of a run.
 
   Args:
@@ -149,6 +154,7 @@ def plan(trees: Sequence[str], cases: str = 'all', *,
     cases: ``'all'`` or comma-separated case names; each case's baseline is
       added.
     torch: include the PyTorch peers (for ``'all'``).
+    apply: time update + ``apply_updates`` (see :class:`Plan`).
 
   Returns:
     A :class:`Plan`.
@@ -176,7 +182,7 @@ def plan(trees: Sequence[str], cases: str = 'all', *,
       raise ValueError(f'unknown case(s) {", ".join(bad) or "(none)"}; '
                        f'valid cases: {", ".join(valid)}')
   text = 'all' if cases.strip() == 'all' else ','.join(names)
-  return Plan(trees, st.with_baselines(names), text, torch)
+  return Plan(trees, st.with_baselines(names), text, torch, apply)
 
 
 def _cost(fl: ModuleType, case: Any, params: Any) -> Any:
@@ -211,7 +217,7 @@ def run(p: Plan, *, reps: int = 10, progress: bool = False,
   st, fl = load_benchmarks()
   out: dict[str, Any] = {'command': p.command(reps, output),
                          'machine': report.machine_info(), 'reps': reps,
-                         'trees': []}
+                         'apply': p.apply, 'trees': []}
   for tree in p.trees:
     params = st.TREES[tree]()
     nbytes = st.tree_bytes(params)
@@ -228,7 +234,7 @@ def run(p: Plan, *, reps: int = 10, progress: bool = False,
     buffer = min(max(nbytes, 32 << 20), 256 << 20)
     rates = fl.measure_rates(buffer)
     _log(progress, f'{tree}: timing {len(p.names)} cases x {reps} reps')
-    rows = st.run(p.names, tree, reps)
+    rows = st.run(p.names, tree, reps, apply=p.apply)
     again = fl.measure_rates(buffer)  # rates are the best of both
     rates = fl.Rates(max(rates.copy_bytes_per_s, again.copy_bytes_per_s),
                      max(rates.matmul_flops_per_s, again.matmul_flops_per_s),
@@ -281,9 +287,14 @@ def _rows_markdown(rows: list[dict[str, Any]]) -> str:
 
 def markdown(result: dict[str, Any], heading: str = '###') -> str:
   """The report: per tree, its rates and the table."""
+  timed = ('update + `apply_updates`, parameters and state donated (a '
+           'training step\'s optimizer part; the PyTorch peers\' `step()` '
+           'does the same)' if result.get('apply') else
+           '`update` alone, state donated')
   parts = [f'`{result["command"]}`',
-           f'Machine: {report.describe_machine(result["machine"])}; median '
-           f'of {result["reps"]} round-robin repetitions. "vs baseline": '
+           f'Machine: {report.describe_machine(result["machine"])}; timed: '
+           f'{timed}; median of {result["reps"]} round-robin repetitions. '
+           '"vs baseline": '
            'median over the baseline\'s (optax\'s nearest equivalent; for '
            'PyTorch peers, the optimflow row). "floor": the larger of bytes '
            'moved / copy bandwidth (memory) and matmul FLOPs / matmul rate '

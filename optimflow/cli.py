@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help='timed round-robin repetitions (default 10)')
   bench.add_argument('--no-torch', action='store_true',
                      help='skip the PyTorch peers')
+  bench.add_argument('--apply', action='store_true',
+                     help='time update + apply_updates with parameters and '
+                     'state donated (a training step\'s optimizer part) '
+                     'instead of the update alone')
   bench.add_argument('--output', type=Path, default=Path('runs/bench'),
                      help='folder for bench.json and bench.md (default '
                      'runs/bench)')
@@ -313,7 +317,7 @@ def _bench(parser, args) -> int:
 
   try:
     plan = bench.plan(args.trees.split(','), args.cases,
-                      torch=not args.no_torch)
+                      torch=not args.no_torch, apply=args.apply)
   except (ValueError, ImportError) as e:
     parser.error(str(e))
   check_output(parser, args.output)

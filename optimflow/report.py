@@ -159,8 +159,8 @@ def results_section(root: str = RESULTS_ROOT,
   """The README's "Results" section, from the runs committed under ``root``.
 
   Each ``root/<task>/results.json`` of :data:`README_RUNS` gives its command,
-  settings, table and chosen plots; ``root/bench/bench.json`` gives the bench
-  tables. Missing runs are skipped.
+  settings, table and chosen plots; ``root/bench/bench.json`` and
+  ``root/bench-apply/bench.json`` (``bench --apply``) give the bench tables. Missing runs are skipped.
 
   Args:
     root: the folder of the runs.
@@ -193,9 +193,12 @@ def results_section(root: str = RESULTS_ROOT,
     text += ['', f'Hyperparameters and all plots: [`{folder}/results.md`]'
              f'({folder}/results.md).']
     parts.append('\n'.join(text))
-  path = os.path.join(root, 'bench', 'bench.json')
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      parts.append('### bench: update step time and the floors\n\n'
-                   + bench.markdown(json.load(f), heading='####').rstrip())
+  for folder, title in (('bench', 'update step time and the floors'),
+                        ('bench-apply', 'training-step time (update + '
+                         'apply_updates)')):
+    path = os.path.join(root, folder, 'bench.json')
+    if os.path.exists(path):
+      with open(path, encoding='utf-8') as f:
+        parts.append(f'### bench: {title}\n\n'
+                     + bench.markdown(json.load(f), heading='####').rstrip())
   return '\n\n'.join(parts)

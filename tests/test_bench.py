@@ -179,3 +179,21 @@ def test_smoke_run_writes_files_and_table(tmp_path, capsys):
     assert r['ratio_to_floor'] == pytest.approx(r['median_ms'] / r['floor_ms'])
   if torch_peer in rows:  # PyTorch peers get their baseline's floor
     assert rows[torch_peer]['floor_ms'] == sgdp['floor_ms']
+
+
+def test_apply_mode_times_a_training_step(tmp_path, capsys):
+  p = bench.plan(['tiny-transformer'], 'lion,param_ema', torch=False,
+                 apply=True)
+  assert p.command(2).endswith('--reps 2 --no-torch --apply')
+  params = st.TREES['tiny-transformer']()
+  _, state_bytes = st.jax_stepper(st.CASES['lion'], params, apply=True)
+  assert state_bytes == st.jax_stepper(st.CASES['lion'], params)[1]
+  assert cli.main(['bench', '--trees', 'tiny-transformer', '--cases',
+                   'lion,param_ema', '--reps', '2', '--apply', '--no-torch',
+                   '--output', str(tmp_path)]) == 0
+  res = json.loads((tmp_path / 'bench.json').read_text())
+  assert res['apply'] and res['command'].endswith(
+      f'--apply --output {tmp_path}')
+  assert 'timed: update + `apply_updates`' in capsys.readouterr().out
+  rows = {r['case'] for r in res['trees'][0]['rows']}
+  assert rows == {'lion', 'optax.lion', 'param_ema', 'optax.sgd_momentum'}

@@ -7,6 +7,7 @@ Each module keeps its logic in functions (the notebooks import them) and has a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -70,3 +71,22 @@ def save_figure(make_figure: Callable[..., Any], path: Path, *args: Any,
   fig.savefig(path, dpi=dpi)
   plt.close(fig)
   return path
+
+
+def write_results(folder: Path, results: dict[str, Any], *also_written: Path,
+                  **json_kwargs: Any) -> dict[str, Any]:
+  """Writes ``folder/results.json``, prints what was written, returns it.
+
+  Args:
+    folder: the output folder.
+    results: JSON-serialisable results.
+    *also_written: other files the example wrote (figures), for the message.
+    **json_kwargs: passed to :func:`json.dumps` (e.g. ``default=float``).
+
+  Returns:
+    ``results``.
+  """
+  path = Path(folder) / 'results.json'
+  path.write_text(json.dumps(results, indent=2, **json_kwargs))
+  print('\nwrote ' + ' and '.join(str(p) for p in (*also_written, path)))
+  return results

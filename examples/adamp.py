@@ -36,7 +36,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -311,9 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
           for name, rs in runs.items()
       },
   }
-  (args.output / 'results.json').write_text(json.dumps(results, indent=2))
-  print(f'\nwrote {png} and {args.output / "results.json"}')
-  return results
+  return examples.write_results(args.output, results, png)
 
 
 if __name__ == '__main__':

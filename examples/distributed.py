@@ -47,7 +47,6 @@ if __name__ == '__main__':  # before JAX starts: 8 host devices
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -286,9 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
       'runs': [dataclasses.asdict(r) for r in runs],
       'smoke': args.smoke,
   }
-  (args.output / 'results.json').write_text(json.dumps(results, indent=2))
-  print(f'\nwrote {png} and {args.output / "results.json"}')
-  return results
+  return examples.write_results(args.output, results, png)
 
 
 if __name__ == '__main__':

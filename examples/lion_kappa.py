@@ -42,7 +42,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -402,9 +401,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
       'digits': digits.rows,
       'smoke': args.smoke,
   }
-  (args.output / 'results.json').write_text(json.dumps(results, indent=2))
-  print(f'\nwrote {png} and {args.output / "results.json"}')
-  return results
+  return examples.write_results(args.output, results, png)
 
 
 if __name__ == '__main__':

@@ -49,7 +49,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -286,9 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                     history=r.history.to_dict()) for r in runs],
       'smoke': args.smoke,
   }
-  (args.output / 'results.json').write_text(json.dumps(results, indent=2))
-  print(f'\nwrote {png} and {args.output / "results.json"}')
-  return results
+  return examples.write_results(args.output, results, png)
 
 
 if __name__ == '__main__':

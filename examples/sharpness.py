@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import sys
 import time
 from pathlib import Path
@@ -507,9 +506,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   examples.save_figure(make_figure, png, rows, summary)
   results = {'config': dataclasses.asdict(cfg), 'rows': rows,
              'summary': summary, 'claims': checked, 'smoke': args.smoke}
-  (args.output / 'results.json').write_text(json.dumps(results, indent=2))
-  print(f'\nwrote {png} and {args.output / "results.json"}')
-  return results
+  return examples.write_results(args.output, results, png)
 
 
 if __name__ == '__main__':

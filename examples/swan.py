@@ -53,7 +53,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
@@ -429,10 +428,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                  for m, hs in results.histories.items()},
       'smoke': args.smoke,
   }
-  (args.output / 'results.json').write_text(
-      json.dumps(out, indent=2, default=float))
-  print(f'\nwrote {png} and {args.output / "results.json"}')
-  return out
+  return examples.write_results(args.output, out, png, default=float)
 
 
 if __name__ == '__main__':

@@ -290,8 +290,8 @@ METHODS: tuple[Method, ...] = (
         # solved; tests/test_whitening.py runs the other conformance checks
         # with the paper's centred GradNorm.
         test_kwargs=dict(learning_rate=3e-3, center=False),
-        static_args=('ns_steps', 'output_scale', 'center', 'normalization',
-                     'matrix_filter', 'dimension_numbers'),
+        static_args=('ns_steps', 'ns_beta', 'output_scale', 'center',
+                     'normalization', 'matrix_filter', 'dimension_numbers'),
         variants=(
             dict(output_scale='match_gradnorm', normalization='gram',
                  weight_decay=1e-4),

@@ -19,6 +19,8 @@ where XLA's batched products inside the loop measured slower. The iterations:
   space (``X_k = Q_k X_0``, ``R_k = X_k X_k^T``), which needs fewer FLOPs
   when ``n > 1.5 m``;
 * :func:`orthogonalize`: Frobenius normalisation followed by either of them;
+* :func:`whiten`: SWAN's ``(X X^T)^{-1/2} X``, the same two iterations with
+  per-step cubic coefficients (:func:`whitening_coeffs`);
 * :func:`polar_factor`: the exact ``U V^T`` by SVD, a reference for tests.
 
 FLOPs for an ``m x n`` matrix, ``m <= n``, ``r = n / m``, ``s`` steps, in units
@@ -497,10 +499,23 @@ def matrixwise(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
   return wrapped
 
 
-def _poly(r: jax.Array, r2: jax.Array, c: jax.Array) -> jax.Array:
+def _is_cubic(coeffs: Any) -> bool:
+  """Whether a concrete coefficient table has ``c = 0`` in every row.
+
+  Cubic steps skip the ``R^2`` product. A traced table counts as quintic.
+  """
+  try:
+    return not np.any(np.asarray(coeffs, dtype=np.float64)[..., 2])
+  except (TypeError, jax.errors.TracerArrayConversionError,
+          jax.errors.ConcretizationTypeError):
+    return False
+
+
+def _poly(r: jax.Array, c: jax.Array, cubic: bool) -> jax.Array:
   """``a I + b R + c R^2`` for coefficients ``c = (a, b, c)``."""
   eye = jnp.eye(r.shape[-1], dtype=r.dtype)
-  return c[0] * eye + c[1] * r + c[2] * r2
+  p = c[0] * eye + c[1] * r
+  return p if cubic else p + c[2] * _mm(r, r)
 
 
 @_wide
@@ -547,14 +562,23 @@ def newton_schulz(
     <https://kellerjordan.github.io/posts/muon/>`_, 2024.
   """
   steps = _check_steps(steps)
-  table = _coeff_table(coeffs, steps, x.dtype)
+  return _plain_iterate(x, _coeff_table(coeffs, steps, x.dtype),
+                        _is_cubic(coeffs))
 
-  def body(i, x):
-    c = table[i]
-    a = _gram(x)
+
+def _plain_iterate(x, table, cubic, gram=None):
+  """:func:`newton_schulz`'s loop; ``gram`` is ``x x^T`` when known."""
+
+  def step(c, x, a):
+    if cubic:
+      return c[0] * x + c[1] * _mm(a, x)
     return c[0] * x + _mm(c[1] * a + c[2] * _mm(a, a), x)
 
-  return jax.lax.fori_loop(0, steps, body, x)
+  start = 0
+  if gram is not None:
+    x, start = step(table[0], x, gram), 1
+  return jax.lax.fori_loop(start, table.shape[0],
+                           lambda i, x: step(table[i], x, _gram(x)), x)
 
 
 @_wide
@@ -603,9 +627,15 @@ def gram_newton_schulz(
     <https://tridao.me/blog/2026/gram-newton-schulz/>`_, 2026.
   """
   steps = _check_steps(steps)
-  table = _coeff_table(coeffs, steps, x.dtype)
-  r = _gram(x)
-  p = _poly(r, _mm(r, r), table[0])
+  return _gram_iterate(x, _coeff_table(coeffs, steps, x.dtype),
+                       _is_cubic(coeffs))
+
+
+def _gram_iterate(x, table, cubic, gram=None):
+  """:func:`gram_newton_schulz`'s loop; ``gram`` is ``x x^T`` when known."""
+  steps = table.shape[0]
+  r = _gram(x) if gram is None else gram
+  p = _poly(r, table[0], cubic)
   if steps == 1:
     return _mm(p, x)
   q = p
@@ -613,11 +643,11 @@ def gram_newton_schulz(
 
   def body(i, carry):
     q, r = carry
-    p = _poly(r, _mm(r, r), table[i])
+    p = _poly(r, table[i], cubic)
     return _mm(p, q), _mm(p, _mm(p, r))
 
   q, r = jax.lax.fori_loop(1, steps - 1, body, (q, r))
-  p = _poly(r, _mm(r, r), table[steps - 1])
+  p = _poly(r, table[steps - 1], cubic)
   return _mm(_mm(p, q), x)
 
 
@@ -724,69 +754,87 @@ __all__ = (
 
 WhitenNormalization = Literal['frobenius', 'gram']
 
+#: The smallest normalised singular value the default whitening schedule is
+#: designed to whiten (:func:`whitening_coeffs`).
+WHITEN_FLOOR = 1e-2
+#: Headroom above 1 for rounding in the normalisation: each scaled cubic is
+#: designed on ``[l, WHITEN_CUSHION]``, so ``s`` a little above 1 stays positive.
+WHITEN_CUSHION = 1.01
 
-def coupled_newton_schulz(
-    a: jax.Array,
-    steps: int = 10,
-    beta: jax.typing.ArrayLike = 0.5,
-) -> jax.Array:
-  """Coupled Newton-Schulz iteration for ``A^{-1/2}``, ``A`` symmetric PSD.
 
-  .. math::
+def whitening_coeffs(
+    steps: int,
+    beta: Optional[float] = None,
+    floor: float = WHITEN_FLOOR,
+    cushion: float = WHITEN_CUSHION,
+) -> np.ndarray:
+  """Per-step cubics ``s -> a s + b s^3`` for the whitening iteration.
 
-    Y_0 = A, \\quad Z_0 = I, \\quad T_k = 3 I - Z_k Y_k, \\quad
-    Y_{k+1} = \\beta Y_k T_k, \\quad Z_{k+1} = \\beta T_k Z_k.
+  * ``beta`` a float: the constant cubic ``s <- beta (3 - s^2) s`` of SWAN's
+    Algorithm 2, rows ``(3 beta, -beta, 0)``; ``beta = 1/2`` is Higham's
+    convergent scheme, ``s -> 1`` for ``s`` in ``(0, sqrt 3)``.
+  * ``beta=None``: the scaled Newton-Schulz iteration of Chen and Chow
+    (2014). If every singular value lies in ``[l, u]``, the step
+    ``g(s) = alpha s (3 - alpha^2 s^2) / 2`` with
 
-  All iterates are polynomials in ``A`` and ``Y_k = A Z_k``, so each
-  eigenvalue ``lambda`` of ``A`` moves alone: ``s_k = sqrt(lambda) z_k``
-  follows the cubic ``s <- beta (3 - s^2) s``. With ``beta = 1/2`` (Higham's
-  scheme) ``s -> 1``, i.e. ``Z -> A^{-1/2}`` and ``Y -> A^{1/2}``, for every
-  eigenvalue in ``(0, 3)``; a zero eigenvalue's ``z`` grows as
-  ``(3 beta)^k`` (58 for ``beta = 1/2``, ``k = 10``). The first step (``Z_0 =
-  I``) and the last (``Y`` unused) skip their redundant products:
-  ``3 k - 3`` matrix products in all, in a rolled loop.
+    .. math::  \alpha^2 = 3 / (u^2 + u l + l^2)
+
+    is the cubic of this family with ``g(l) = g(u)``; it maps ``[l, u]`` onto
+    ``[g(l), 1]``, and the next step is designed for that interval. Small
+    singular values grow by about ``1.5 sqrt 3 = 2.6`` per step instead of
+    1.5, and the steps turn into Higham's as ``l -> 1``. Starting from
+    ``[floor, cushion]`` with the defaults, the lower end after ``k`` steps is
+    0.71, 0.955, 0.9988 and 1 - 5e-7 for ``k = 5, 6, 7, 8``; Higham's ``k =
+    10`` maps ``s = 0.01`` to 0.53 and needs ``s >= 0.03`` for 0.98.
 
   Args:
-    a: ``(..., m, m)`` symmetric PSD matrices with eigenvalues in ``[0, 1]``
-      (divide by the trace or the Frobenius norm first).
-    steps: iterations, a static int ``>= 1``.
-    beta: step scale ``beta`` (``1/2``: Higham's convergent scheme).
+    steps: iterations (``>= 1``).
+    beta: constant step scale, or ``None`` for the scaled schedule.
+    floor: lower end ``l`` of the starting interval (``beta=None``), in
+      ``(0, 1)``.
+    cushion: upper end ``u`` used for every step (``beta=None``), ``>= 1``:
+      room for rounding above the normalised spectral bound 1.
 
   Returns:
-    ``Z_steps``, approximately ``A^{-1/2}``, same shape and dtype as ``a``.
+    A ``(steps, 3)`` float64 table of ``(a, b, 0)`` rows, for
+    :func:`newton_schulz` and :func:`gram_newton_schulz`.
 
   Examples:
-    >>> import jax.numpy as jnp
     >>> from optimflow import linalg
-    >>> z = linalg.coupled_newton_schulz(jnp.diag(jnp.array([0.25, 0.04])))
-    >>> [round(v, 3) for v in jnp.diag(z).tolist()]  # 1/sqrt(lambda)
-    [2.0, 5.0]
+    >>> linalg.whitening_coeffs(2, beta=0.5).tolist()
+    [[1.5, -0.5, 0.0], [1.5, -0.5, 0.0]]
+    >>> t = linalg.whitening_coeffs(7)
+    >>> s = 0.01
+    >>> for a, b, _ in t:
+    ...   s = a * s + b * s**3
+    >>> round(s, 3)
+    0.999
 
   References:
-    Higham, `Stable iterations for the matrix square root
-    <https://doi.org/10.1023/A:1019150005407>`_, Numerical Algorithms, 1997.
+    Chen and Chow, `A stable scaling of Newton-Schulz for improving the sign
+    function computation of a Hermitian matrix
+    <https://www.osti.gov/biblio/1226765>`_, 2014.
   """
   steps = _check_steps(steps)
-  eye = jnp.eye(a.shape[-1], dtype=a.dtype)
-  t = 3 * eye - a
-  if steps == 1:
-    return beta * t
-  y, z = beta * _mm(a, t), beta * t
-
-  def body(_, carry):
-    y, z = carry
-    t = 3 * eye - _mm(z, y)
-    return beta * _mm(y, t), beta * _mm(t, z)
-
-  y, z = jax.lax.fori_loop(1, steps - 1, body, (y, z))
-  return beta * _mm(3 * eye - _mm(z, y), z)
+  if beta is not None:
+    return np.tile(np.array([3.0 * beta, -float(beta), 0.0]), (steps, 1))
+  if not 0 < floor < 1 or cushion < 1:
+    raise ValueError(f'floor={floor!r}, cushion={cushion!r}: need '
+                     '0 < floor < 1 <= cushion.')
+  low, rows = float(floor), []
+  for _ in range(steps):
+    alpha = math.sqrt(3.0 / (cushion * cushion + cushion * low + low * low))
+    rows.append((1.5 * alpha, -0.5 * alpha**3, 0.0))
+    low = min(0.5 * alpha * s * (3.0 - alpha * alpha * s * s)
+              for s in (low, cushion))
+  return np.array(rows)
 
 
 @_wide
 def whiten(
     x: jax.Array,
-    steps: int = 10,
-    beta: jax.typing.ArrayLike = 0.5,
+    steps: int = 7,
+    beta: Optional[float] = None,
     *,
     eps: jax.typing.ArrayLike = 1e-7,
     normalization: WhitenNormalization = 'frobenius',
@@ -797,31 +845,28 @@ def whiten(
   ``X`` is first scaled to ``X_0 = X / (c + eps)`` with ``c = ||X||_F``
   (``'frobenius'``, SWAN's Algorithm 2) or ``c = ||X X^T||_F^{1/2}``
   (``'gram'``: a tighter bound on the spectral norm, so small singular values
-  start larger and the same ``steps`` whiten more), then
+  start larger), then every singular value ``s`` of ``X_0`` goes through
+  ``steps`` cubics ``s <- a_k s + b_k s^3`` (:func:`whitening_coeffs`: the
+  constant ``beta`` of Algorithm 2, or ``beta=None`` for the scaled schedule)
+  towards 1, so the result approaches the polar factor ``U V^T``.
 
-  .. math::
-
-    \\Delta = Z_k X_0, \\qquad Z_k = \\mathrm{CNS}_k(X_0 X_0^\\top)
-    \\approx (X_0 X_0^\\top)^{-1/2}
-
-  (:func:`coupled_newton_schulz`), formed on the smaller Gram side
-  (transposed when ``m > n``). In exact arithmetic ``Delta`` equals the cubic
-  Newton-Schulz iterate ``X <- 3 beta X - beta X X^T X`` (Muon's
-  :func:`newton_schulz` with coefficients ``(3 beta, -beta, 0)``): every
-  singular value ``s`` of ``X_0`` follows ``s <- beta (3 - s^2) s``, to 1 for
-  ``beta = 1/2``, so ``Delta`` approaches the polar factor ``U V^T``.
-  ``method`` picks the cheaper of the two forms: ``'gram'`` (the coupled
-  iteration, ``2 r + 3 k - 3`` units of ``m^3`` for ``r = n / m``) or
-  ``'plain'`` (the cubic iterate on ``X``, ``2 r k`` units); ``'auto'`` uses
-  :func:`gram_is_cheaper`, as Muon's :func:`orthogonalize` does.
+  The iteration is Muon's: :func:`gram_newton_schulz` with the cubic table is
+  Algorithm 2's coupled inverse square root on the smaller Gram side
+  (``Q_k = Z_k -> (X_0 X_0^T)^{-1/2}``, ``R_k = Z_k Y_k -> I``,
+  ``Delta = Z_k X_0``), and :func:`newton_schulz` the same iterate formed on
+  ``X``. ``method`` picks the cheaper (:func:`gram_is_cheaper`): in units of
+  ``m^3`` for ``r = n / m``, ``2 r + 3 k - 3`` (Gram) against ``2 r k``
+  (plain; cubic steps skip the ``R^2`` product).
 
   A zero singular value stays zero, but its direction in the Gram inverse
-  root grows as ``(3 beta)^k``, which amplifies rounding: run in float32.
+  root grows as ``prod a_k`` (``1.5^k`` for Higham's), which amplifies
+  rounding: run in float32.
 
   Args:
     x: ``(..., m, n)`` matrices (leading axes are a batch).
     steps: iterations, a static int ``>= 1``.
-    beta: step scale; ``1/2`` converges, larger values overshoot.
+    beta: constant step scale (``1/2`` converges, larger values overshoot),
+      or ``None`` for the scaled schedule (static).
     eps: added to the normalising constant ``c``; a zero matrix stays zero.
     normalization: ``'frobenius'`` or ``'gram'`` (static).
     method: ``'auto'``, ``'gram'`` (coupled) or ``'plain'`` (static).
@@ -840,6 +885,9 @@ def whiten(
   References:
     Ma, Gong, Scetbon, Meeds, `SWAN: SGD with Normalization and Whitening
     Enables Stateless LLM Training <https://arxiv.org/abs/2412.13148>`_, 2024.
+
+    Higham, `Stable iterations for the matrix square root
+    <https://doi.org/10.1023/A:1019150005407>`_, Numerical Algorithms, 1997.
   """
   steps = _check_steps(steps)
   if normalization not in ('frobenius', 'gram'):
@@ -847,23 +895,21 @@ def whiten(
                      "'gram'.")
   if method not in ('auto', 'plain', 'gram'):
     raise ValueError(f"method={method!r}: choose 'auto', 'plain' or 'gram'.")
-  a = _gram(x)
+  a = None
   if normalization == 'frobenius':
-    c2 = jnp.trace(a, axis1=-2, axis2=-1)[..., None, None]  # ||x||_F^2
+    c2 = jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True)
   else:
+    a = _gram(x)
     c2 = jnp.sqrt(jnp.sum(jnp.square(a), axis=(-2, -1), keepdims=True))
   inv = _safe_divide(jnp.ones_like(c2), jnp.sqrt(c2) + eps)
-  x, a = x * inv, a * (inv * inv)
+  x = x * inv
+  if a is not None:  # the iteration's first Gram, already formed
+    a = a * (inv * inv)
   if method == 'auto':
     method = 'gram' if gram_is_cheaper(*x.shape[-2:], steps) else 'plain'
-  if method == 'gram':
-    return _mm(coupled_newton_schulz(a, steps, beta), x)
-
-  def body(_, x):
-    return 3 * beta * x - beta * _mm(_gram(x), x)
-
-  x = 3 * beta * x - beta * _mm(a, x)  # the first step reuses the Gram
-  return jax.lax.fori_loop(1, steps, body, x)
+  iterate = _gram_iterate if method == 'gram' else _plain_iterate
+  table = whitening_coeffs(steps, beta)
+  return iterate(x, jnp.asarray(table, x.dtype), True, a)
 
 
-__all__ += ('coupled_newton_schulz', 'whiten')  # type: ignore[operator]
+__all__ += ('WHITEN_FLOOR', 'whiten', 'whitening_coeffs')  # type: ignore[operator]

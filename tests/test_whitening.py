@@ -43,19 +43,30 @@ def _ref_gradnorm(g, eps=1e-8):
 
 
 def _ref_whiten(g, steps=10, beta=0.5):
-  """Algorithm 2: coupled NS for (G G^T)^(-1/2) G on the smaller side."""
+  """Algorithm 2: coupled NS for (G G^T)^(-1/2) G on the smaller side.
+
+  ``T = 3I - ZY, Y <- beta Y T, Z <- beta T Z``; ``beta=None`` uses the
+  scaled schedule's per-step cubics ``a s + b s^3``, i.e. ``P = aI + b ZY``
+  in place of ``beta T`` (float64 throughout).
+  """
   transpose = g.shape[0] > g.shape[1]
   x = g.T if transpose else g
   x = x / np.linalg.norm(x)
-  y, z = x @ x.T, np.eye(x.shape[0])
-  for _ in range(steps):
-    t = 3 * np.eye(x.shape[0]) - z @ y
-    y, z = beta * y @ t, beta * t @ z
+  eye = np.eye(x.shape[0])
+  y, z = x @ x.T, eye
+  if beta is None:
+    for a, b, _ in linalg.whitening_coeffs(steps):
+      p = a * eye + b * z @ y
+      y, z = y @ p, p @ z
+  else:
+    for _ in range(steps):
+      t = 3 * eye - z @ y
+      y, z = beta * y @ t, beta * t @ z
   delta = z @ x
   return delta.T if transpose else delta
 
 
-def _ref_swan(g_flax, steps=10, beta=0.5):
+def _ref_swan(g_flax, steps=7, beta=None):
   """SWAN on a Flax ``(in, out)`` kernel via the torch-layout reference."""
   g = _ref_gradnorm(np.asarray(g_flax, np.float64).T)
   delta = _ref_whiten(g, steps, beta)
@@ -127,28 +138,89 @@ def test_gradnorm_dimension_numbers_scanned_layers():
 # The shared Newton-Schulz (linalg).
 
 
-def test_coupled_newton_schulz_is_the_inverse_square_root():
-  q, _ = jnp.linalg.qr(_normal((16, 16), 3))
-  lam = jnp.logspace(-2, 0, 16)
-  a = (q * lam) @ q.T
-  z = linalg.coupled_newton_schulz(a, steps=12)
-  expected = (q / jnp.sqrt(lam)) @ q.T
-  np.testing.assert_allclose(z, expected, rtol=2e-3, atol=2e-3)
-  # beta = 1/2 and eigenvalue 0: the null direction grows as (3 beta)^k.
-  z0 = linalg.coupled_newton_schulz(jnp.zeros((3, 3)), steps=10)
-  np.testing.assert_allclose(z0, 1.5**10 * jnp.eye(3), rtol=1e-6)
+def _scalar_map(table, s):
+  for a, b, _ in table:
+    s = a * s + b * s**3
+  return s
+
+
+def test_whitening_coeffs_constant_beta_is_algorithm_2():
+  np.testing.assert_allclose(linalg.whitening_coeffs(3, 0.8),
+                             [[2.4, -0.8, 0.0]] * 3, rtol=1e-15)
+
+
+def test_scaled_schedule_whitens_the_design_interval():
+  """Seven scaled steps map [0.01, 1] into [0.9988, 1] (Chen & Chow)."""
+  t = linalg.whitening_coeffs(7)
+  assert t.shape == (7, 3) and not t[:, 2].any()
+  s = np.logspace(-2, 0, 400)
+  out = _scalar_map(t, s)
+  assert out.min() >= 0.9988 and out.max() <= 1.0 + 1e-12
+  # Rounding room: s up to the cushion 1.01 stays positive and whitened.
+  assert _scalar_map(t, 1.01) > 0.998
+  # Every step is one of the family alpha s (3 - alpha^2 s^2) / 2, alpha >= 1
+  # (a = 3 alpha / 2, b = -alpha^3 / 2), tending to Higham's (1.5, -0.5).
+  alpha = t[:, 0] / 1.5
+  np.testing.assert_allclose(t[:, 1], -alpha**3 / 2)
+  assert np.all(np.diff(alpha) < 0) and 1 < alpha[-1] < 1.02
+
+
+@settings(max_examples=20, deadline=None)
+@given(log_s=st.floats(-4.0, 0.0))
+def test_scaled_7_whitens_at_least_as_well_as_higham_10(log_s):
+  s = 10.0**log_s
+  scaled = _scalar_map(linalg.whitening_coeffs(7), s)
+  higham = _scalar_map(linalg.whitening_coeffs(10, 0.5), s)
+  assert abs(1 - scaled) <= abs(1 - higham) + 7.1e-4
+  if s < 0.01:  # Higham's small directions stay under-whitened
+    assert scaled > 3 * higham
+
+
+def test_whitening_coeffs_bad_interval():
+  with pytest.raises(ValueError, match='floor'):
+    linalg.whitening_coeffs(3, floor=0.0)
+  with pytest.raises(ValueError, match='cushion'):
+    linalg.whitening_coeffs(3, cushion=0.9)
+
+
+@pytest.mark.parametrize('method', ['plain', 'gram'])
+@pytest.mark.parametrize('beta', [None, 0.5])
+def test_whiten_recovers_the_polar_factor_down_to_the_floor(method, beta):
+  """Singular values from 1 to 0.0107 after scaling: 7 scaled steps whiten all."""
+  u, _ = jnp.linalg.qr(_normal((24, 24), 3))
+  v, _ = jnp.linalg.qr(_normal((48, 24), 4))
+  sv = jnp.logspace(0, -1.7, 24)
+  assert 0.01 < sv.min() / jnp.linalg.norm(sv) < 0.011
+  x = (u * sv) @ v.T  # (24, 48)
+  got = _svals(linalg.whiten(x, method=method, beta=beta,
+                             steps=7 if beta is None else 10))
+  if beta is None:
+    assert got.min() > 0.998 and got.max() < 1.0001
+    np.testing.assert_allclose(linalg.whiten(x, method=method),
+                               u @ v.T, atol=2e-3)
+  else:  # Higham's ten steps leave the smallest direction under-whitened
+    assert got.min() < 0.75 and got.max() < 1.0001
 
 
 @pytest.mark.parametrize('shape,method,beta', [
     ((24, 24), 'plain', 0.5), ((24, 24), 'gram', 0.5), ((16, 64), 'gram', 0.8),
-    ((64, 16), 'plain', 0.8), ((2, 8, 40), 'gram', 0.5)])
-def test_whitening_shares_muons_newton_schulz(shape, method, beta):
-  """Coupled iteration == Muon's newton_schulz with cubic coefficients."""
+    ((64, 16), 'plain', 0.8), ((2, 8, 40), 'gram', 0.5),
+    ((24, 24), 'plain', None), ((16, 64), 'gram', None)])
+def test_whitening_is_algorithm_2_through_muons_newton_schulz(shape, method,
+                                                              beta):
+  """whiten == Algorithm 2's coupled iteration (float64) == Muon's NS code.
+
+  Muon's :func:`linalg.newton_schulz` with the cubic coefficient table gives
+  the same iterate as the coupled Gram-side inverse square root.
+  """
   x = _normal(shape, 4)
   got = linalg.whiten(x, 6, beta, eps=1e-30, method=method)
   x0 = x / jnp.linalg.norm(x, axis=(-2, -1), keepdims=True)
-  muon_ns = linalg.newton_schulz(x0, 6, (3 * beta, -beta, 0.0))
+  muon_ns = linalg.newton_schulz(x0, 6, linalg.whitening_coeffs(6, beta))
   np.testing.assert_allclose(got, muon_ns, rtol=1e-4, atol=2e-5)
+  flat = np.asarray(x, np.float64).reshape((-1,) + shape[-2:])
+  ref = np.stack([_ref_whiten(m, 6, beta) for m in flat]).reshape(shape)
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=2e-5)
 
 
 def test_swan_runs_through_linalg(monkeypatch):
@@ -202,14 +274,16 @@ def test_whitened_singular_values_agree(shape, normalization):
 
 def test_gram_normalization_whitens_more_per_step():
   x = _normal((64, 256), 6)
-  smin = lambda norm: _svals(linalg.whiten(x, 5, normalization=norm)).min()
+  smin = lambda norm: _svals(linalg.whiten(x, 5, 0.5,
+                                           normalization=norm)).min()
   assert smin('gram') > smin('frobenius') + 0.2
   assert smin('gram') > 0.85
 
 
 @pytest.mark.parametrize('shape,steps,beta', [
     ((12, 20), 10, 0.5), ((20, 12), 10, 0.5), ((16, 16), 10, 0.5),
-    ((12, 20), 6, 0.8), ((3, 3, 4, 10), 10, 0.5)])
+    ((12, 20), 6, 0.8), ((3, 3, 4, 10), 10, 0.5), ((12, 20), 7, None),
+    ((20, 12), 7, None), ((3, 3, 4, 10), 7, None)])
 def test_swan_matches_reference(shape, steps, beta):
   g = _normal(shape, 7)
   tx = optimflow.scale_by_swan(ns_steps=steps, ns_beta=beta)
@@ -264,6 +338,8 @@ def test_centred_update_keeps_unit_means():
 
 
 @pytest.mark.parametrize('shape,dtype,beta', [
+    ((64, 64), jnp.float32, None), ((64, 64), jnp.bfloat16, None),
+    ((32, 96), jnp.bfloat16, None),
     ((64, 64), jnp.float32, 0.5), ((64, 64), jnp.bfloat16, 0.5),
     ((64, 64), jnp.float32, 0.8), ((32, 96), jnp.bfloat16, 0.5),
     ((3, 3, 8, 72), jnp.float32, 0.5), ((3, 3, 8, 72), jnp.bfloat16, 0.8)])
@@ -282,7 +358,7 @@ def test_null_direction_stays_bounded(shape, dtype, beta):
   w = np.asarray(u['w'], np.float64).reshape(-1, fan_out)
   s = _svals(w)
   assert s.max() < 1.7  # beta = 0.8 overshoots to ~1.6, never explodes
-  if beta == 0.5:  # converged except the smallest directions of a square
+  if beta != 0.8:  # converged except the smallest directions of a square
     assert s.max() < 1.01 and np.median(s) > 0.9
   # The amplified null direction is annihilated by the final product.
   ones = np.ones(w.shape[0]) / math.sqrt(w.shape[0])

@@ -817,7 +817,14 @@ def whitening_coeffs(
   """
   steps = _check_steps(steps)
   if beta is not None:
-    return np.tile(np.array([3.0 * beta, -float(beta), 0.0]), (steps, 1))
+    try:
+      beta = float(beta)
+    except (TypeError, jax.errors.ConcretizationTypeError) as e:
+      raise ValueError(
+          f'beta={beta!r} must be a concrete number: it fixes the '
+          'coefficient table at trace time (with optax.inject_hyperparams, '
+          "list 'ns_beta' in static_args).") from e
+    return np.tile(np.array([3.0 * beta, -beta, 0.0]), (steps, 1))
   if not 0 < floor < 1 or cushion < 1:
     raise ValueError(f'floor={floor!r}, cushion={cushion!r}: need '
                      '0 < floor < 1 <= cushion.')

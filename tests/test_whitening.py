@@ -176,6 +176,19 @@ def test_scaled_7_whitens_at_least_as_well_as_higham_10(log_s):
     assert scaled > 3 * higham
 
 
+def test_traced_beta_raises_with_a_hint():
+  tx = optax.inject_hyperparams(optimflow.scale_by_swan,
+                                static_args=('ns_steps',))(ns_beta=0.5)
+  g = {'w': _normal((8, 12))}
+  with pytest.raises(ValueError, match='static_args'):
+    jax.jit(tx.update)(g, tx.init(g))
+  static = optax.inject_hyperparams(
+      optimflow.scale_by_swan, static_args=('ns_steps', 'ns_beta'))(
+          ns_beta=0.5)
+  u, _ = jax.jit(static.update)(g, static.init(g))
+  chex.assert_tree_all_finite(u)
+
+
 def test_whitening_coeffs_bad_interval():
   with pytest.raises(ValueError, match='floor'):
     linalg.whitening_coeffs(3, floor=0.0)

@@ -807,7 +807,7 @@ def whitening_coeffs(
     >>> s = 0.01
     >>> for a, b, _ in t:
     ...   s = a * s + b * s**3
-    >>> round(s, 3)
+    >>> round(float(s), 3)
     0.999
 
   References:

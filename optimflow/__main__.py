@@ -1,6 +1,6 @@
-"""``python -m optimflow``: see :mod:`optimflow.cli`."""
+"""``python -m optimflow``: see :mod:`optimflow.lab.cli`."""
 
-from optimflow.cli import main
+from optimflow.lab.cli import main
 
 if __name__ == '__main__':
   raise SystemExit(main())

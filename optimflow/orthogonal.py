@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optimflow import _checks
 from optimflow import linalg
-from optimflow import sharding as sharding_lib
+from optimflow._src import checks
+from optimflow._src.tree import MaskOrFn
+from optimflow._src.tree import key_name
+from optimflow.sharding import matrix as sharding_lib
 
-MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
 KeyPath = tuple[Any, ...]
 MatrixFilter = Callable[[KeyPath, Any], bool]
 
@@ -42,8 +43,17 @@ SHAPE_SCALES = ('keller', 'moonlight', None)
 #: Path keys (split on non-alphanumerics, lower case) that mark a leaf as an
 #: embedding or an output head: such leaves go to the AdamW branch.
 DEFAULT_EXCLUDED_NAMES = (
-    'embed', 'embedding', 'embeddings', 'wte', 'wpe',
-    'head', 'unembed', 'unembedding', 'logits', 'classifier', 'readout',
+  'embed',
+  'embedding',
+  'embeddings',
+  'wte',
+  'wpe',
+  'head',
+  'unembed',
+  'unembedding',
+  'logits',
+  'classifier',
+  'readout',
 )
 
 
@@ -61,22 +71,24 @@ ScaleByAuonState = OrthogonalMomentumState
 # Validation and shared pieces.
 
 
-def _check_coeffs(ns_coeffs: Any, ns_steps: int) -> None:
+def _check_coeffs(ns_coeffs: Any, ns_steps: Any) -> None:
+  if not isinstance(ns_steps, int):
+    return  # traced (inject_hyperparams under jit): checked when first built
   try:
     shape = np.shape(np.asarray(ns_coeffs, dtype=np.float64))
   except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
     return  # traced (inject_hyperparams): checked when first built
   if shape not in ((3,), (ns_steps, 3)):
     raise ValueError(
-        f'ns_coeffs of shape {shape} is invalid: ns_coeffs must be (a, b, c) '
-        f'or a ({ns_steps}, 3) table, one row per Newton-Schulz step.'
+      f'ns_coeffs of shape {shape} is invalid: ns_coeffs must be (a, b, c) '
+      f'or a ({ns_steps}, 3) table, one row per Newton-Schulz step.'
     )
 
 
 def _check_common(beta, eps, shape_scale) -> None:
-  _checks.check_beta('beta', beta, allow_one=False)
-  _checks.check_non_negative('eps', eps)
-  _checks.check_choice('shape_scale', shape_scale, SHAPE_SCALES)
+  checks.check_beta('beta', beta, allow_one=False)
+  checks.check_non_negative('eps', eps)
+  checks.check_choice('shape_scale', shape_scale, SHAPE_SCALES)
 
 
 def shape_factor(view: linalg.MatrixView, shape_scale: Optional[str]) -> float:
@@ -98,6 +110,8 @@ def shape_factor(view: linalg.MatrixView, shape_scale: Optional[str]) -> float:
     (2.0, 1.0)
   """
   if shape_scale == 'keller':
+    if view.fan_in == 0:  # an empty matrix: nothing to scale
+      return 1.0
     return math.sqrt(max(1.0, view.fan_out / view.fan_in))
   if shape_scale == 'moonlight':
     return 0.2 * math.sqrt(max(view.fan_in, view.fan_out))
@@ -108,25 +122,27 @@ def _momentum(updates, mu, beta, nesterov):
   """Keller Jordan's momentum: ``m = beta m + (1 - beta) g``, no bias fix."""
   mu = optax.tree.update_moment(updates, mu, beta, 1)
   if nesterov:
-    direction = jax.tree.map(lambda g, m: (1 - beta) * g + beta * m,
-                             updates, mu)
+    direction = jax.tree.map(
+      lambda g, m: (1 - beta) * g + beta * m, updates, mu
+    )
   else:
     direction = mu
   return direction, mu
 
 
 def _momentum_transform(
-    matrix_fn: Callable[[Any], Any],
-    beta: Any,
-    nesterov: bool,
-    mu_dtype: Optional[jax.typing.DTypeLike],
+  matrix_fn: Callable[[Any], Any],
+  beta: Any,
+  nesterov: bool,
+  mu_dtype: Optional[jax.typing.DTypeLike],
 ) -> optax.GradientTransformation:
   """Momentum, then ``matrix_fn`` on the direction, in the gradient's dtype."""
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = checks.check_dtype('mu_dtype', mu_dtype)
 
   def init_fn(params):
     return OrthogonalMomentumState(
-        mu=optax.tree.zeros_like(params, dtype=mu_dtype))
+      mu=optax.tree.zeros_like(params, dtype=mu_dtype)
+    )
 
   def update_fn(updates, state, params=None):
     del params
@@ -151,16 +167,16 @@ def _scaled(shape_scale):
 
 
 def scale_by_muon(
-    beta: float = 0.95,
-    nesterov: bool = True,
-    ns_steps: int = 5,
-    ns_coeffs: Any = linalg.MUON_COEFFS,
-    eps: float = 1e-7,
-    shape_scale: Optional[str] = 'keller',
-    dimension_numbers: linalg.DimensionNumbersOrFn = None,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
-    reference: bool = False,
-    sharding: sharding_lib.ShardingArg = None,
+  beta: float = 0.95,
+  nesterov: bool = True,
+  ns_steps: int = 5,
+  ns_coeffs: Any = linalg.MUON_COEFFS,
+  eps: float = 1e-7,
+  shape_scale: Optional[str] = 'keller',
+  dimension_numbers: linalg.DimensionNumbersOrFn = None,
+  mu_dtype: Optional[jax.typing.DTypeLike] = None,
+  reference: bool = False,
+  sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformation:
   """Muon's direction: orthogonalised Nesterov momentum, width-scaled.
 
@@ -189,7 +205,8 @@ def scale_by_muon(
   Args:
     beta: momentum decay, in [0, 1).
     nesterov: use the Nesterov direction (static).
-    ns_steps: Newton-Schulz steps, a static int ``>= 1``.
+    ns_steps: Newton-Schulz steps, an int ``>= 1``; it survives
+      ``optax.inject_hyperparams`` (a traced count is a loop bound).
     ns_coeffs: ``(a, b, c)`` or a ``(ns_steps, 3)`` table.
     eps: added to the Frobenius norm before the iteration.
     shape_scale: ``'keller'`` (``sqrt(max(1, fan_out/fan_in))``),
@@ -236,7 +253,7 @@ def scale_by_muon(
     <https://arxiv.org/abs/2502.16982>`_, 2025.
   """
   _check_common(beta, eps, shape_scale)
-  _checks.check_int_at_least('ns_steps', ns_steps, 1)
+  ns_steps = checks.as_count('ns_steps', ns_steps, 1)
   _check_coeffs(ns_coeffs, ns_steps)
   sharding = sharding_lib.as_matrix_sharding(sharding)
   method = 'plain' if reference else 'auto'
@@ -246,8 +263,13 @@ def scale_by_muon(
 
   def matrix_fn(direction):
     return linalg.map_matrices(
-        orthogonalize, direction, dimension_numbers, group=not reference,
-        finalize=_scaled(shape_scale), sharding=sharding)
+      orthogonalize,
+      direction,
+      dimension_numbers,
+      group=not reference,
+      finalize=_scaled(shape_scale),
+      sharding=sharding,
+    )
 
   return _momentum_transform(matrix_fn, beta, nesterov, mu_dtype)
 
@@ -289,24 +311,24 @@ def cosh_rms(x: jax.Array, gamma: jax.typing.ArrayLike = 1.0) -> jax.Array:
 def _auon_matrices(x, *, gamma, normalize, ns_steps, ns_coeffs, eps):
   norm = jnp.sqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
   y = linalg.frobenius_normalize(x, eps)
-  if ns_steps:
+  if not isinstance(ns_steps, int) or ns_steps:  # traced: a loop bound
     y = linalg.newton_schulz(y, ns_steps, ns_coeffs)
   y = y / cosh_rms(y, gamma)
   return y if normalize else y * norm
 
 
 def scale_by_auon(
-    beta: float = 0.95,
-    nesterov: bool = True,
-    gamma: float = 1.0,
-    normalize: bool = True,
-    ns_steps: int = 0,
-    ns_coeffs: Any = linalg.MUON_COEFFS,
-    eps: float = 1e-7,
-    shape_scale: Optional[str] = 'keller',
-    dimension_numbers: linalg.DimensionNumbersOrFn = None,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
-    sharding: sharding_lib.ShardingArg = None,
+  beta: float = 0.95,
+  nesterov: bool = True,
+  gamma: float = 1.0,
+  normalize: bool = True,
+  ns_steps: int = 0,
+  ns_coeffs: Any = linalg.MUON_COEFFS,
+  eps: float = 1e-7,
+  shape_scale: Optional[str] = 'keller',
+  dimension_numbers: linalg.DimensionNumbersOrFn = None,
+  mu_dtype: Optional[jax.typing.DTypeLike] = None,
+  sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformation:
   """AuON's direction: normalised momentum divided by its cosh RMS.
 
@@ -339,8 +361,8 @@ def scale_by_auon(
     nesterov: use the Nesterov direction (static).
     gamma: scale inside the cosh, ``>= 0``.
     normalize: return ``X / r`` (paper) rather than ``||G||_F X / r``.
-    ns_steps: Newton-Schulz steps before the division (static int ``>= 0``;
-      0 for AuON, 1 for Hybrid-AuON).
+    ns_steps: Newton-Schulz steps before the division (int ``>= 0``, may be
+      traced; 0 for AuON, 1 for Hybrid-AuON).
     ns_coeffs: ``(a, b, c)`` or a ``(ns_steps, 3)`` table.
     eps: added to the Frobenius norm.
     shape_scale: width factor, as in :func:`scale_by_muon`.
@@ -368,22 +390,34 @@ def scale_by_auon(
     Updates <https://arxiv.org/abs/2509.24320>`_, 2025.
   """
   _check_common(beta, eps, shape_scale)
-  _checks.check_non_negative('gamma', gamma)
-  _checks.check_int_at_least('ns_steps', ns_steps, 0)
-  if ns_steps:
+  checks.check_non_negative('gamma', gamma)
+  ns_steps = checks.as_count('ns_steps', ns_steps, 0)
+  if not isinstance(ns_steps, int) or ns_steps:
     _check_coeffs(ns_coeffs, ns_steps)
   sharding = sharding_lib.as_matrix_sharding(sharding)
 
   def fn(x):
-    return _auon_matrices(x, gamma=gamma, normalize=normalize,
-                          ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=eps)
+    return _auon_matrices(
+      x,
+      gamma=gamma,
+      normalize=normalize,
+      ns_steps=ns_steps,
+      ns_coeffs=ns_coeffs,
+      eps=eps,
+    )
 
   def matrix_fn(direction):
     # Without Newton-Schulz the work is elementwise: stacking would only copy.
     return linalg.map_matrices(
-        fn, direction, dimension_numbers,
-        group=ns_steps > 0 or sharding is not None,
-        finalize=_scaled(shape_scale), sharding=sharding)
+      fn,
+      direction,
+      dimension_numbers,
+      group=not isinstance(ns_steps, int)
+      or ns_steps > 0
+      or sharding is not None,
+      finalize=_scaled(shape_scale),
+      sharding=sharding,
+    )
 
   return _momentum_transform(matrix_fn, beta, nesterov, mu_dtype)
 
@@ -392,16 +426,8 @@ def scale_by_auon(
 # Routing: hidden matrices vs the AdamW branch.
 
 
-def _key_name(key: Any) -> Optional[str]:
-  for attr in ('key', 'name'):
-    value = getattr(key, attr, None)
-    if isinstance(value, str):
-      return value
-  return None
-
-
 def default_matrix_filter(
-    exclude: Sequence[str] = DEFAULT_EXCLUDED_NAMES,
+  exclude: Sequence[str] = DEFAULT_EXCLUDED_NAMES,
 ) -> MatrixFilter:
   """The default routing rule: hidden matrices go to the orthogonal branch.
 
@@ -433,12 +459,10 @@ def default_matrix_filter(
     if len(getattr(leaf, 'shape', ())) < 2:
       return False
     for key in path:
-      name = _key_name(key)
-      if name is None:
-        continue
-      name = name.lower()
-      if name in excluded or excluded.intersection(re.split(r'[^a-z0-9]+',
-                                                            name)):
+      name = key_name(key).lower()
+      if name in excluded or excluded.intersection(
+        re.split(r'[^a-z0-9]+', name)
+      ):
         return False
     return True
 
@@ -446,8 +470,8 @@ def default_matrix_filter(
 
 
 def matrix_labels(
-    matrix_filter: Optional[MatrixFilter] = None,
-    dimension_numbers: linalg.DimensionNumbersOrFn = None,
+  matrix_filter: Optional[MatrixFilter] = None,
+  dimension_numbers: linalg.DimensionNumbersOrFn = None,
 ) -> Callable[[Any], Any]:
   """``params -> labels``: ``'matrix'`` or ``'other'`` for each leaf.
 
@@ -478,10 +502,10 @@ def matrix_labels(
         is_matrix = False
       if is_matrix and len(getattr(leaf, 'shape', ())) < 2:
         raise ValueError(
-            f'the matrix filter sends the leaf at '
-            f'{jax.tree_util.keystr(path)} (shape '
-            f'{tuple(getattr(leaf, "shape", ()))}) to the matrix branch, but '
-            'it has fewer than 2 dimensions.'
+          f'the matrix filter sends the leaf at '
+          f'{jax.tree_util.keystr(path)} (shape '
+          f'{tuple(getattr(leaf, "shape", ()))}) to the matrix branch, but '
+          'it has fewer than 2 dimensions.'
         )
       out.append('matrix' if is_matrix else 'other')
     return jax.tree.unflatten(treedef, out)
@@ -490,42 +514,47 @@ def matrix_labels(
 
 
 def _partition(
-    matrix_tx: optax.GradientTransformation,
-    learning_rate: optax.ScalarOrSchedule,
-    weight_decay: optax.ScalarOrSchedule,
-    weight_decay_mask: MaskOrFn,
-    adam_learning_rate: Optional[optax.ScalarOrSchedule],
-    adam_b1: float,
-    adam_b2: float,
-    adam_eps: float,
-    adam_weight_decay: optax.ScalarOrSchedule,
-    mu_dtype: Optional[jax.typing.DTypeLike],
-    matrix_filter: Optional[MatrixFilter],
-    dimension_numbers: linalg.DimensionNumbersOrFn,
+  matrix_tx: optax.GradientTransformation,
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: optax.ScalarOrSchedule,
+  weight_decay_mask: MaskOrFn,
+  adam_learning_rate: Optional[optax.ScalarOrSchedule],
+  adam_b1: float,
+  adam_b2: float,
+  adam_eps: float,
+  adam_weight_decay: optax.ScalarOrSchedule,
+  mu_dtype: Optional[jax.typing.DTypeLike],
+  matrix_filter: Optional[MatrixFilter],
+  dimension_numbers: linalg.DimensionNumbersOrFn,
 ) -> optax.GradientTransformationExtraArgs:
   """``partition``: the matrix branch with decay and lr, AdamW for the rest."""
-  _checks.check_non_negative('learning_rate', learning_rate)
-  _checks.check_non_negative('weight_decay', weight_decay)
+  checks.check_non_negative('learning_rate', learning_rate)
+  checks.check_non_negative('weight_decay', weight_decay)
   if adam_learning_rate is None:
     adam_learning_rate = learning_rate
-  _checks.check_non_negative('adam_learning_rate', adam_learning_rate)
-  _checks.check_beta('adam_b1', adam_b1, allow_one=False)
-  _checks.check_beta('adam_b2', adam_b2, allow_one=False)
-  _checks.check_non_negative('adam_eps', adam_eps)
-  _checks.check_non_negative('adam_weight_decay', adam_weight_decay)
+  checks.check_non_negative('adam_learning_rate', adam_learning_rate)
+  checks.check_beta('adam_b1', adam_b1, allow_one=False)
+  checks.check_beta('adam_b2', adam_b2, allow_one=False)
+  checks.check_non_negative('adam_eps', adam_eps)
+  checks.check_non_negative('adam_weight_decay', adam_weight_decay)
+  mu_dtype = checks.check_dtype('mu_dtype', mu_dtype)
   return optax.partition(
-      {
-          'matrix': optax.chain(
-              matrix_tx,
-              optax.add_decayed_weights(weight_decay, weight_decay_mask),
-              optax.scale_by_learning_rate(learning_rate),
-          ),
-          'other': optax.adamw(
-              adam_learning_rate, b1=adam_b1, b2=adam_b2, eps=adam_eps,
-              weight_decay=adam_weight_decay, mu_dtype=mu_dtype,
-          ),
-      },
-      matrix_labels(matrix_filter, dimension_numbers),
+    {
+      'matrix': optax.chain(
+        matrix_tx,
+        optax.add_decayed_weights(weight_decay, weight_decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+      ),
+      'other': optax.adamw(
+        adam_learning_rate,
+        b1=adam_b1,
+        b2=adam_b2,
+        eps=adam_eps,
+        weight_decay=adam_weight_decay,
+        mu_dtype=mu_dtype,
+      ),
+    },
+    matrix_labels(matrix_filter, dimension_numbers),
   )
 
 
@@ -553,25 +582,25 @@ def _with_alias_args(fn):
 
 @_with_alias_args
 def muon(
-    learning_rate: optax.ScalarOrSchedule,
-    beta: float = 0.95,
-    nesterov: bool = True,
-    ns_steps: int = 5,
-    ns_coeffs: Any = linalg.MUON_COEFFS,
-    eps: float = 1e-7,
-    shape_scale: Optional[str] = 'keller',
-    dimension_numbers: linalg.DimensionNumbersOrFn = None,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
-    weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: MaskOrFn = None,
-    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
-    adam_b1: float = 0.9,
-    adam_b2: float = 0.95,
-    adam_eps: float = 1e-8,
-    adam_weight_decay: optax.ScalarOrSchedule = 0.0,
-    matrix_filter: Optional[MatrixFilter] = None,
-    reference: bool = False,
-    sharding: sharding_lib.ShardingArg = None,
+  learning_rate: optax.ScalarOrSchedule,
+  beta: float = 0.95,
+  nesterov: bool = True,
+  ns_steps: int = 5,
+  ns_coeffs: Any = linalg.MUON_COEFFS,
+  eps: float = 1e-7,
+  shape_scale: Optional[str] = 'keller',
+  dimension_numbers: linalg.DimensionNumbersOrFn = None,
+  mu_dtype: Optional[jax.typing.DTypeLike] = None,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  weight_decay_mask: MaskOrFn = None,
+  adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
+  adam_b1: float = 0.9,
+  adam_b2: float = 0.95,
+  adam_eps: float = 1e-8,
+  adam_weight_decay: optax.ScalarOrSchedule = 0.0,
+  matrix_filter: Optional[MatrixFilter] = None,
+  reference: bool = False,
+  sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Muon for hidden matrices, AdamW for everything else.
 
@@ -598,7 +627,7 @@ def muon(
       (Keller Jordan: 0.02; Moonlight scaling: AdamW's).
     beta: momentum decay, in [0, 1).
     nesterov: Nesterov direction.
-    ns_steps: Newton-Schulz steps (static int ``>= 1``).
+    ns_steps: Newton-Schulz steps (int ``>= 1``, may be traced).
     ns_coeffs: ``(a, b, c)`` or a ``(ns_steps, 3)`` table.
     eps: added to the Frobenius norm.
     shape_scale: ``'keller'``, ``'moonlight'`` or ``None``.
@@ -633,38 +662,54 @@ def muon(
     <https://arxiv.org/abs/2502.16982>`_, 2025.
   """
   return _partition(
-      scale_by_muon(beta=beta, nesterov=nesterov, ns_steps=ns_steps,
-                    ns_coeffs=ns_coeffs, eps=eps, shape_scale=shape_scale,
-                    dimension_numbers=dimension_numbers, mu_dtype=mu_dtype,
-                    reference=reference, sharding=sharding),
-      learning_rate, weight_decay, weight_decay_mask, adam_learning_rate,
-      adam_b1, adam_b2, adam_eps, adam_weight_decay, mu_dtype, matrix_filter,
-      dimension_numbers,
+    scale_by_muon(
+      beta=beta,
+      nesterov=nesterov,
+      ns_steps=ns_steps,
+      ns_coeffs=ns_coeffs,
+      eps=eps,
+      shape_scale=shape_scale,
+      dimension_numbers=dimension_numbers,
+      mu_dtype=mu_dtype,
+      reference=reference,
+      sharding=sharding,
+    ),
+    learning_rate,
+    weight_decay,
+    weight_decay_mask,
+    adam_learning_rate,
+    adam_b1,
+    adam_b2,
+    adam_eps,
+    adam_weight_decay,
+    mu_dtype,
+    matrix_filter,
+    dimension_numbers,
   )
 
 
 @_with_alias_args
 def auon(
-    learning_rate: optax.ScalarOrSchedule,
-    beta: float = 0.95,
-    nesterov: bool = True,
-    gamma: float = 1.0,
-    normalize: bool = True,
-    ns_steps: int = 0,
-    ns_coeffs: Any = linalg.MUON_COEFFS,
-    eps: float = 1e-7,
-    shape_scale: Optional[str] = 'keller',
-    dimension_numbers: linalg.DimensionNumbersOrFn = None,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
-    weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: MaskOrFn = None,
-    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
-    adam_b1: float = 0.9,
-    adam_b2: float = 0.95,
-    adam_eps: float = 1e-8,
-    adam_weight_decay: optax.ScalarOrSchedule = 0.0,
-    matrix_filter: Optional[MatrixFilter] = None,
-    sharding: sharding_lib.ShardingArg = None,
+  learning_rate: optax.ScalarOrSchedule,
+  beta: float = 0.95,
+  nesterov: bool = True,
+  gamma: float = 1.0,
+  normalize: bool = True,
+  ns_steps: int = 0,
+  ns_coeffs: Any = linalg.MUON_COEFFS,
+  eps: float = 1e-7,
+  shape_scale: Optional[str] = 'keller',
+  dimension_numbers: linalg.DimensionNumbersOrFn = None,
+  mu_dtype: Optional[jax.typing.DTypeLike] = None,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  weight_decay_mask: MaskOrFn = None,
+  adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
+  adam_b1: float = 0.9,
+  adam_b2: float = 0.95,
+  adam_eps: float = 1e-8,
+  adam_weight_decay: optax.ScalarOrSchedule = 0.0,
+  matrix_filter: Optional[MatrixFilter] = None,
+  sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   """AuON for hidden matrices, AdamW for everything else.
 
@@ -709,39 +754,55 @@ def auon(
     Updates <https://arxiv.org/abs/2509.24320>`_, 2025.
   """
   return _partition(
-      scale_by_auon(beta=beta, nesterov=nesterov, gamma=gamma,
-                    normalize=normalize, ns_steps=ns_steps,
-                    ns_coeffs=ns_coeffs, eps=eps, shape_scale=shape_scale,
-                    dimension_numbers=dimension_numbers, mu_dtype=mu_dtype,
-                    sharding=sharding),
-      learning_rate, weight_decay, weight_decay_mask, adam_learning_rate,
-      adam_b1, adam_b2, adam_eps, adam_weight_decay, mu_dtype, matrix_filter,
-      dimension_numbers,
+    scale_by_auon(
+      beta=beta,
+      nesterov=nesterov,
+      gamma=gamma,
+      normalize=normalize,
+      ns_steps=ns_steps,
+      ns_coeffs=ns_coeffs,
+      eps=eps,
+      shape_scale=shape_scale,
+      dimension_numbers=dimension_numbers,
+      mu_dtype=mu_dtype,
+      sharding=sharding,
+    ),
+    learning_rate,
+    weight_decay,
+    weight_decay_mask,
+    adam_learning_rate,
+    adam_b1,
+    adam_b2,
+    adam_eps,
+    adam_weight_decay,
+    mu_dtype,
+    matrix_filter,
+    dimension_numbers,
   )
 
 
 @_with_alias_args
 def hybrid_auon(
-    learning_rate: optax.ScalarOrSchedule,
-    beta: float = 0.95,
-    nesterov: bool = True,
-    ns_steps: int = 1,
-    gamma: float = 1.0,
-    normalize: bool = True,
-    ns_coeffs: Any = linalg.MUON_COEFFS,
-    eps: float = 1e-7,
-    shape_scale: Optional[str] = 'keller',
-    dimension_numbers: linalg.DimensionNumbersOrFn = None,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
-    weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: MaskOrFn = None,
-    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
-    adam_b1: float = 0.9,
-    adam_b2: float = 0.95,
-    adam_eps: float = 1e-8,
-    adam_weight_decay: optax.ScalarOrSchedule = 0.0,
-    matrix_filter: Optional[MatrixFilter] = None,
-    sharding: sharding_lib.ShardingArg = None,
+  learning_rate: optax.ScalarOrSchedule,
+  beta: float = 0.95,
+  nesterov: bool = True,
+  gamma: float = 1.0,
+  normalize: bool = True,
+  ns_steps: int = 1,
+  ns_coeffs: Any = linalg.MUON_COEFFS,
+  eps: float = 1e-7,
+  shape_scale: Optional[str] = 'keller',
+  dimension_numbers: linalg.DimensionNumbersOrFn = None,
+  mu_dtype: Optional[jax.typing.DTypeLike] = None,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  weight_decay_mask: MaskOrFn = None,
+  adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
+  adam_b1: float = 0.9,
+  adam_b2: float = 0.95,
+  adam_eps: float = 1e-8,
+  adam_weight_decay: optax.ScalarOrSchedule = 0.0,
+  matrix_filter: Optional[MatrixFilter] = None,
+  sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Hybrid-AuON: one Newton-Schulz step, then AuON's cosh-RMS division.
 
@@ -753,9 +814,9 @@ def hybrid_auon(
     learning_rate: learning rate of the matrix branch, float or schedule.
     beta: momentum decay, in [0, 1).
     nesterov: Nesterov direction.
-    ns_steps: Newton-Schulz steps (static int ``>= 1``).
     gamma: scale inside the cosh.
     normalize: paper output ``X / r`` (else ``||G||_F X / r``).
+    ns_steps: Newton-Schulz steps (int ``>= 1``, may be traced).
     ns_coeffs: ``(a, b, c)`` or a ``(ns_steps, 3)`` table.
     eps: added to the Frobenius norm.
     shape_scale: ``'keller'``, ``'moonlight'`` or ``None``.
@@ -782,14 +843,26 @@ def hybrid_auon(
     Maity, `AuON: A Linear-time Alternative to Semi-Orthogonal Momentum
     Updates <https://arxiv.org/abs/2509.24320>`_, 2025.
   """
-  _checks.check_int_at_least('ns_steps', ns_steps, 1)
+  ns_steps = checks.as_count('ns_steps', ns_steps, 1)
   return auon(
-      learning_rate, beta=beta, nesterov=nesterov, gamma=gamma,
-      normalize=normalize, ns_steps=ns_steps, ns_coeffs=ns_coeffs, eps=eps,
-      shape_scale=shape_scale, dimension_numbers=dimension_numbers,
-      mu_dtype=mu_dtype, weight_decay=weight_decay,
-      weight_decay_mask=weight_decay_mask,
-      adam_learning_rate=adam_learning_rate, adam_b1=adam_b1,
-      adam_b2=adam_b2, adam_eps=adam_eps, adam_weight_decay=adam_weight_decay,
-      matrix_filter=matrix_filter, sharding=sharding,
+    learning_rate,
+    beta=beta,
+    nesterov=nesterov,
+    gamma=gamma,
+    normalize=normalize,
+    ns_steps=ns_steps,
+    ns_coeffs=ns_coeffs,
+    eps=eps,
+    shape_scale=shape_scale,
+    dimension_numbers=dimension_numbers,
+    mu_dtype=mu_dtype,
+    weight_decay=weight_decay,
+    weight_decay_mask=weight_decay_mask,
+    adam_learning_rate=adam_learning_rate,
+    adam_b1=adam_b1,
+    adam_b2=adam_b2,
+    adam_eps=adam_eps,
+    adam_weight_decay=adam_weight_decay,
+    matrix_filter=matrix_filter,
+    sharding=sharding,
   )

@@ -39,8 +39,9 @@ The statistics are computed in (at least) float32 whatever the parameter
 dtype, so ``eps = 1e-8`` does not underflow in bfloat16/float16. All branch
 selection is ``jnp.where``; ``delta``, ``wd_ratio``, ``eps``, the betas,
 ``momentum``, ``dampening`` and ``weight_decay`` may be traced (they survive
-``optax.inject_hyperparams``). ``channel_axis`` is structural: with
-``inject_hyperparams`` pass ``static_args=('channel_axis',)``.
+``optax.inject_hyperparams``). ``channel_axis`` is structural but survives
+``inject_hyperparams`` too: a traced axis picks among the leaf's axes with
+``lax.switch`` (``static_args=('channel_axis',)`` compiles only the one).
 
 Faithful to the reference (PyPI ``adamp`` 0.3.0), including two details that
 are easy to miss: the cosine test uses the raw gradient while the projection
@@ -51,48 +52,59 @@ the next step (done here too).
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from optimflow import _checks
+from optimflow._src import checks
+from optimflow._src.tree import MaskOrFn
+from optimflow._src.tree import compute_dtype
 
-MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
 
+def _check_channel_axis(channel_axis: Any) -> Union[int, jax.Array]:
+  """``channel_axis`` as an int, or a traced integer scalar.
 
-def _check_channel_axis(channel_axis: Any) -> None:
-  if isinstance(channel_axis, jax.Array):  # also tracers
-    raise ValueError(
-        f'channel_axis={channel_axis!r} is an array: it is structural, so '
-        'wrap with optax.inject_hyperparams(..., '
-        "static_args=('channel_axis',))."
-    )
+  ``optax.inject_hyperparams`` turns the int into an int32 array: a concrete
+  one is converted back, a traced one (``update`` under ``jit``) is kept and
+  :func:`radial_projection` picks the axis with ``lax.switch``.
+  """
+  if (
+    isinstance(channel_axis, (jax.Array, np.ndarray, np.generic))
+    and np.shape(channel_axis) == ()
+    and jnp.issubdtype(channel_axis.dtype, jnp.integer)
+  ):
+    if isinstance(channel_axis, jax.core.Tracer):
+      return channel_axis
+    channel_axis = int(channel_axis)
   if isinstance(channel_axis, bool) or not isinstance(channel_axis, int):
     raise ValueError(
-        f'channel_axis={channel_axis!r} is invalid: channel_axis must be an '
-        'integer axis (-1 for Flax kernels, 0 for PyTorch (out, in) weights).'
+      f'channel_axis={channel_axis!r} is invalid: channel_axis must be an '
+      'integer axis (-1 for Flax kernels, 0 for PyTorch (out, in) weights).'
     )
+  return channel_axis
 
 
 def _check_projection_args(delta, wd_ratio, eps, weight_decay, channel_axis):
-  _checks.check_positive('delta', delta)
-  _checks.check_interval('wd_ratio', wd_ratio, 0.0, 1.0)
-  _checks.check_positive('eps', eps)
-  _checks.check_non_negative('weight_decay', weight_decay)
-  _check_channel_axis(channel_axis)
+  checks.check_positive('delta', delta)
+  checks.check_interval('wd_ratio', wd_ratio, 0.0, 1.0)
+  checks.check_positive('eps', eps)
+  checks.check_non_negative('weight_decay', weight_decay)
+  return _check_channel_axis(channel_axis)
 
 
 def radial_projection(
-    update: jax.Array,
-    grad: jax.Array,
-    param: jax.Array,
-    delta: jax.typing.ArrayLike = 0.1,
-    eps: jax.typing.ArrayLike = 1e-8,
-    channel_axis: int = -1,
-    allowed: jax.typing.ArrayLike = True,
+  update: jax.Array,
+  grad: jax.Array,
+  param: jax.Array,
+  delta: jax.typing.ArrayLike = 0.1,
+  eps: jax.typing.ArrayLike = 1e-8,
+  channel_axis: int = -1,
+  allowed: jax.typing.ArrayLike = True,
 ) -> tuple[jax.Array, jax.Array]:
   """Removes the radial part of ``update`` where ``param`` is scale-invariant.
 
@@ -119,7 +131,8 @@ def radial_projection(
     eps: floor of the norms in the cosine and added to the norm of ``param``
       in the projection, ``> 0``.
     channel_axis: axis of ``param`` indexing channels (``-1``: Flax layout,
-      ``0``: PyTorch ``(out, in, ...)`` layout).
+      ``0``: PyTorch ``(out, in, ...)`` layout); a traced integer selects
+      the axis with ``lax.switch`` (taken modulo the rank).
     allowed: a boolean (or boolean scalar array); when false, never project.
 
   Returns:
@@ -140,14 +153,25 @@ def radial_projection(
   """
   if param.ndim < 2 or allowed is False:  # static: nothing to project
     return update, jnp.zeros([], bool)
+  if isinstance(channel_axis, jax.core.Tracer):  # inject_hyperparams + jit
+    branches = [
+      functools.partial(
+        radial_projection,
+        delta=delta,
+        eps=eps,
+        channel_axis=axis,
+        allowed=allowed,
+      )
+      for axis in range(param.ndim)
+    ]
+    index = jnp.mod(channel_axis, param.ndim)
+    return jax.lax.switch(index, branches, update, grad, param)
   if not -param.ndim <= channel_axis < param.ndim:
     raise ValueError(
-        f'channel_axis={channel_axis} is out of range for a parameter of '
-        f'shape {param.shape}.'
+      f'channel_axis={channel_axis} is out of range for a parameter of '
+      f'shape {param.shape}.'
     )
-  dtype = jnp.promote_types(
-      jnp.result_type(update, grad, param), jnp.float32
-  )
+  dtype = jnp.promote_types(jnp.result_type(update, grad, param), jnp.float32)
   u, g, w = (x.astype(dtype) for x in (update, grad, param))
   axis = channel_axis % w.ndim
   reduce_axes = tuple(a for a in range(w.ndim) if a != axis)
@@ -168,7 +192,7 @@ def radial_projection(
   def abs_cosine(gw, gg, ww):
     # torch's F.cosine_similarity: each norm clamped at eps separately.
     return jnp.abs(gw) / (
-        jnp.maximum(jnp.sqrt(gg), eps) * jnp.maximum(jnp.sqrt(ww), eps)
+      jnp.maximum(jnp.sqrt(gg), eps) * jnp.maximum(jnp.sqrt(ww), eps)
     )
 
   def coefficient(wu, ww):
@@ -177,20 +201,20 @@ def radial_projection(
     return wu / norm / norm
 
   layer_gw, layer_gg, layer_ww, layer_wu = (
-      jnp.sum(x) for x in (gw, gg, ww, wu)
+    jnp.sum(x) for x in (gw, gg, ww, wu)
   )
   channel_fires = jnp.max(abs_cosine(gw, gg, ww), initial=0.0) < (
-      delta / math.sqrt(row_length)
+    delta / math.sqrt(row_length)
   )
   layer_fires = abs_cosine(layer_gw, layer_gg, layer_ww) < (
-      delta / math.sqrt(max(w.size, 1))
+    delta / math.sqrt(max(w.size, 1))
   )
   channel_fires = jnp.logical_and(channel_fires, allowed)
   layer_fires = jnp.logical_and(layer_fires, allowed)
   coef = jnp.where(
-      channel_fires,
-      coefficient(wu, ww),
-      jnp.where(layer_fires, coefficient(layer_wu, layer_ww), 0.0),
+    channel_fires,
+    coefficient(wu, ww),
+    jnp.where(layer_fires, coefficient(layer_wu, layer_ww), 0.0),
   )
   return u - coef * w, jnp.logical_or(channel_fires, layer_fires)
 
@@ -202,12 +226,13 @@ def _leaf_flags(mask: MaskOrFn, params: optax.Params) -> Any:
   if callable(mask):
     mask = mask(params)
   return jax.tree.map(
-      lambda m, subtree: jax.tree.map(lambda _: m, subtree), mask, params
+    lambda m, subtree: jax.tree.map(lambda _: m, subtree), mask, params
   )
 
 
-def _map_leaves(leaf_fn, n_out, updates, params, mask, weight_decay_mask,
-                *moments):
+def _map_leaves(
+  leaf_fn, n_out, updates, params, mask, weight_decay_mask, *moments
+):
   """Maps ``leaf_fn(g, w, may_project, decays, *moments)`` over the leaves.
 
   ``leaf_fn`` returns a tuple of ``n_out`` arrays; the result is the tuple of
@@ -215,25 +240,44 @@ def _map_leaves(leaf_fn, n_out, updates, params, mask, weight_decay_mask,
   """
   if params is None:
     raise ValueError(
-        'AdamP/SGDP need the parameters: call update(updates, state, params).'
+      'AdamP/SGDP need the parameters: call update(updates, state, params).'
     )
   project = _leaf_flags(mask, params)
   decays = _leaf_flags(weight_decay_mask, params)
   is_none = lambda x: x is None
   outs = jax.tree.map(
-      lambda g, *rest: None if g is None else leaf_fn(g, *rest),
-      updates, params, project, decays, *moments, is_leaf=is_none,
+    lambda g, *rest: None if g is None else leaf_fn(g, *rest),
+    updates,
+    params,
+    project,
+    decays,
+    *moments,
+    is_leaf=is_none,
   )
   return tuple(
-      jax.tree.map(lambda g, o, i=i: None if g is None else o[i], updates,
-                   outs, is_leaf=is_none)
-      for i in range(n_out)
+    jax.tree.map(
+      lambda g, o, i=i: None if g is None else o[i],
+      updates,
+      outs,
+      is_leaf=is_none,
+    )
+    for i in range(n_out)
   )
 
 
 def _project_and_decay(
-    direction, grad, param, may_project, decays, *, scale, weight_decay,
-    delta, eps, wd_ratio, channel_axis,
+  direction,
+  grad,
+  param,
+  may_project,
+  decays,
+  *,
+  scale,
+  weight_decay,
+  delta,
+  eps,
+  wd_ratio,
+  channel_axis,
 ):
   """``scale * proj(direction) + weight_decay * ratio * param`` in grad's dtype.
 
@@ -241,7 +285,7 @@ def _project_and_decay(
   Returns the update and ``proj(direction)`` (in the compute dtype).
   """
   projected, fired = radial_projection(
-      direction, grad, param, delta, eps, channel_axis, may_project
+    direction, grad, param, delta, eps, channel_axis, may_project
   )
   ratio = jnp.where(fired, wd_ratio, 1.0)
   decay = jnp.where(decays, weight_decay * ratio, 0.0)
@@ -258,10 +302,6 @@ def _one_minus_power(b, count):
   return -jnp.expm1(count * jnp.log1p(-(1.0 - b)))
 
 
-def _compute_dtype(x: jax.Array) -> jnp.dtype:
-  return jnp.promote_types(x.dtype, jnp.float32)
-
-
 class ScaleByAdamPState(NamedTuple):
   """State of :func:`scale_by_adamp`: step count and Adam's two moments."""
 
@@ -271,17 +311,17 @@ class ScaleByAdamPState(NamedTuple):
 
 
 def scale_by_adamp(
-    b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.999,
-    eps: jax.typing.ArrayLike = 1e-8,
-    weight_decay: jax.typing.ArrayLike = 0.0,
-    delta: jax.typing.ArrayLike = 0.1,
-    wd_ratio: jax.typing.ArrayLike = 0.1,
-    nesterov: bool = False,
-    channel_axis: int = -1,
-    mask: MaskOrFn = None,
-    weight_decay_mask: MaskOrFn = None,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  weight_decay: jax.typing.ArrayLike = 0.0,
+  delta: jax.typing.ArrayLike = 0.1,
+  wd_ratio: jax.typing.ArrayLike = 0.1,
+  nesterov: bool = False,
+  channel_axis: int = -1,
+  mask: MaskOrFn = None,
+  weight_decay_mask: MaskOrFn = None,
+  mu_dtype: Optional[jax.typing.DTypeLike] = None,
 ) -> optax.GradientTransformation:
   """AdamP direction: Adam, radial projection, projection-aware decay.
 
@@ -340,16 +380,18 @@ def scale_by_adamp(
     for Momentum Optimizers on Scale-invariant Weights
     <https://arxiv.org/abs/2006.08217>`_, ICLR 2021.
   """
-  _checks.check_beta('b1', b1, allow_one=False)
-  _checks.check_beta('b2', b2, allow_one=False)
-  _check_projection_args(delta, wd_ratio, eps, weight_decay, channel_axis)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  checks.check_beta('b1', b1, allow_one=False)
+  checks.check_beta('b2', b2, allow_one=False)
+  channel_axis = _check_projection_args(
+    delta, wd_ratio, eps, weight_decay, channel_axis
+  )
+  mu_dtype = checks.check_dtype('mu_dtype', mu_dtype)
 
   def init_fn(params):
     return ScaleByAdamPState(
-        count=jnp.zeros([], jnp.int32),
-        mu=optax.tree.zeros_like(params, dtype=mu_dtype),
-        nu=optax.tree.zeros_like(params),
+      count=jnp.zeros([], jnp.int32),
+      mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+      nu=optax.tree.zeros_like(params),
     )
 
   def update_fn(updates, state, params=None):
@@ -360,7 +402,7 @@ def scale_by_adamp(
     sqrt_bc2 = jnp.sqrt(_one_minus_power(b2, count))
 
     def leaf(g, w, may_project, decays, m, v):
-      dtype = _compute_dtype(g)
+      dtype = compute_dtype(g)
       m, v = m.astype(dtype), v.astype(dtype)
       if nesterov:
         m = b1 * m + (1.0 - b1) * g.astype(dtype)
@@ -368,14 +410,22 @@ def scale_by_adamp(
       # projection (which is linear in the direction).
       direction = m / (jnp.sqrt(v) / sqrt_bc2 + eps)
       update, _ = _project_and_decay(
-          direction, g, w, may_project, decays, scale=1.0 / bc1,
-          weight_decay=weight_decay, delta=delta, eps=eps, wd_ratio=wd_ratio,
-          channel_axis=channel_axis,
+        direction,
+        g,
+        w,
+        may_project,
+        decays,
+        scale=1.0 / bc1,
+        weight_decay=weight_decay,
+        delta=delta,
+        eps=eps,
+        wd_ratio=wd_ratio,
+        channel_axis=channel_axis,
       )
       return (update,)
 
     (new_updates,) = _map_leaves(
-        leaf, 1, updates, params, mask, weight_decay_mask, mu, nu
+      leaf, 1, updates, params, mask, weight_decay_mask, mu, nu
     )
     mu = optax.tree.cast_like(mu, state.mu)
     nu = optax.tree.cast_like(nu, state.nu)
@@ -385,18 +435,18 @@ def scale_by_adamp(
 
 
 def adamp(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: jax.typing.ArrayLike = 0.9,
-    b2: jax.typing.ArrayLike = 0.999,
-    eps: jax.typing.ArrayLike = 1e-8,
-    weight_decay: jax.typing.ArrayLike = 0.0,
-    delta: jax.typing.ArrayLike = 0.1,
-    wd_ratio: jax.typing.ArrayLike = 0.1,
-    nesterov: bool = False,
-    channel_axis: int = -1,
-    mask: MaskOrFn = None,
-    weight_decay_mask: MaskOrFn = None,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
+  learning_rate: optax.ScalarOrSchedule,
+  b1: jax.typing.ArrayLike = 0.9,
+  b2: jax.typing.ArrayLike = 0.999,
+  eps: jax.typing.ArrayLike = 1e-8,
+  weight_decay: jax.typing.ArrayLike = 0.0,
+  delta: jax.typing.ArrayLike = 0.1,
+  wd_ratio: jax.typing.ArrayLike = 0.1,
+  nesterov: bool = False,
+  channel_axis: int = -1,
+  mask: MaskOrFn = None,
+  weight_decay_mask: MaskOrFn = None,
+  mu_dtype: Optional[jax.typing.DTypeLike] = None,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamP: Adam without the radial part of updates on scale-invariant weights.
 
@@ -422,7 +472,7 @@ def adamp(
     delta: threshold of the cosine test, > 0.
     wd_ratio: decay factor where the projection fires, in [0, 1].
     nesterov: Nesterov form of the first moment. Static.
-    channel_axis: ``-1`` (Flax) or ``0`` (PyTorch layout). Static.
+    channel_axis: ``-1`` (Flax) or ``0`` (PyTorch layout).
     mask: which leaves may be projected.
     weight_decay_mask: which leaves are decayed.
     mu_dtype: dtype of the first moment.
@@ -449,14 +499,22 @@ def adamp(
     for Momentum Optimizers on Scale-invariant Weights
     <https://arxiv.org/abs/2006.08217>`_, ICLR 2021.
   """
-  _checks.check_non_negative('learning_rate', learning_rate)
+  checks.check_non_negative('learning_rate', learning_rate)
   return optax.chain(
-      scale_by_adamp(
-          b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, delta=delta,
-          wd_ratio=wd_ratio, nesterov=nesterov, channel_axis=channel_axis,
-          mask=mask, weight_decay_mask=weight_decay_mask, mu_dtype=mu_dtype,
-      ),
-      optax.scale_by_learning_rate(learning_rate),
+    scale_by_adamp(
+      b1=b1,
+      b2=b2,
+      eps=eps,
+      weight_decay=weight_decay,
+      delta=delta,
+      wd_ratio=wd_ratio,
+      nesterov=nesterov,
+      channel_axis=channel_axis,
+      mask=mask,
+      weight_decay_mask=weight_decay_mask,
+      mu_dtype=mu_dtype,
+    ),
+    optax.scale_by_learning_rate(learning_rate),
   )
 
 
@@ -467,31 +525,32 @@ class ScaleBySGDPState(NamedTuple):
 
 
 def _check_sgd_momentum(momentum, dampening, nesterov):
-  _checks.check_beta('momentum', momentum, allow_one=False)
-  _checks.check_beta('dampening', dampening)
+  checks.check_beta('momentum', momentum, allow_one=False)
+  checks.check_beta('dampening', dampening)
   if nesterov:
     try:
-      _checks.check_interval('momentum', momentum, 0.0, 1.0, low_open=True,
-                             high_open=True)
-      _checks.check_interval('dampening', dampening, 0.0, 0.0)
+      checks.check_interval(
+        'momentum', momentum, 0.0, 1.0, low_open=True, high_open=True
+      )
+      checks.check_interval('dampening', dampening, 0.0, 0.0)
     except ValueError as e:
       raise ValueError(
-          f'{e} nesterov=True needs momentum > 0 and dampening = 0.'
+        f'{e} nesterov=True needs momentum > 0 and dampening = 0.'
       ) from None
 
 
 def scale_by_sgdp(
-    momentum: jax.typing.ArrayLike = 0.0,
-    dampening: jax.typing.ArrayLike = 0.0,
-    weight_decay: jax.typing.ArrayLike = 0.0,
-    nesterov: bool = False,
-    eps: jax.typing.ArrayLike = 1e-8,
-    delta: jax.typing.ArrayLike = 0.1,
-    wd_ratio: jax.typing.ArrayLike = 0.1,
-    channel_axis: int = -1,
-    mask: MaskOrFn = None,
-    weight_decay_mask: MaskOrFn = None,
-    accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
+  momentum: jax.typing.ArrayLike = 0.0,
+  dampening: jax.typing.ArrayLike = 0.0,
+  eps: jax.typing.ArrayLike = 1e-8,
+  weight_decay: jax.typing.ArrayLike = 0.0,
+  delta: jax.typing.ArrayLike = 0.1,
+  wd_ratio: jax.typing.ArrayLike = 0.1,
+  nesterov: bool = False,
+  channel_axis: int = -1,
+  mask: MaskOrFn = None,
+  weight_decay_mask: MaskOrFn = None,
+  accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
 ) -> optax.GradientTransformation:
   """SGDP direction: heavy-ball momentum, radial projection, decay.
 
@@ -513,12 +572,12 @@ def scale_by_sgdp(
   Args:
     momentum: heavy-ball coefficient ``mu``, in [0, 1).
     dampening: ``tau``, in [0, 1].
-    weight_decay: decoupled decay ``lambda >= 0``.
-    nesterov: Nesterov momentum (needs momentum > 0 and dampening 0). Static.
     eps: norm floor of the projection, > 0.
+    weight_decay: decoupled decay ``lambda >= 0``.
     delta: threshold of the cosine test, > 0.
     wd_ratio: decay factor where the projection fires, in [0, 1].
-    channel_axis: ``-1`` (Flax) or ``0`` (PyTorch layout). Static.
+    nesterov: Nesterov momentum (needs momentum > 0 and dampening 0). Static.
+    channel_axis: ``-1`` (Flax) or ``0`` (PyTorch layout).
     mask: which leaves may be projected (prefix tree of bools or callable).
     weight_decay_mask: which leaves are decayed; ``None``: all.
     accumulator_dtype: dtype of the momentum; ``None`` keeps params' dtype.
@@ -541,39 +600,47 @@ def scale_by_sgdp(
     <https://arxiv.org/abs/2006.08217>`_, ICLR 2021.
   """
   _check_sgd_momentum(momentum, dampening, nesterov)
-  _check_projection_args(delta, wd_ratio, eps, weight_decay, channel_axis)
-  accumulator_dtype = (
-      None if accumulator_dtype is None else jnp.dtype(accumulator_dtype)
+  channel_axis = _check_projection_args(
+    delta, wd_ratio, eps, weight_decay, channel_axis
   )
+  accumulator_dtype = checks.check_dtype('accumulator_dtype', accumulator_dtype)
 
   def init_fn(params):
     return ScaleBySGDPState(
-        trace=optax.tree.zeros_like(params, dtype=accumulator_dtype)
+      trace=optax.tree.zeros_like(params, dtype=accumulator_dtype)
     )
 
   def update_fn(updates, state, params=None):
     trace = jax.tree.map(
-        lambda g, b: (
-            None if g is None else momentum * b + (1.0 - dampening) * g
-        ),
-        updates, state.trace, is_leaf=lambda x: x is None,
+      lambda g, b: None if g is None else momentum * b + (1.0 - dampening) * g,
+      updates,
+      state.trace,
+      is_leaf=lambda x: x is None,
     )
 
     def leaf(g, w, may_project, decays, b):
-      dtype = _compute_dtype(g)
+      dtype = compute_dtype(g)
       b = b.astype(dtype)
       direction = g.astype(dtype) + momentum * b if nesterov else b
       update, projected = _project_and_decay(
-          direction, g, w, may_project, decays, scale=1.0,
-          weight_decay=weight_decay / (1.0 - momentum), delta=delta, eps=eps,
-          wd_ratio=wd_ratio, channel_axis=channel_axis,
+        direction,
+        g,
+        w,
+        may_project,
+        decays,
+        scale=1.0,
+        weight_decay=weight_decay / (1.0 - momentum),
+        delta=delta,
+        eps=eps,
+        wd_ratio=wd_ratio,
+        channel_axis=channel_axis,
       )
       # The reference projects its buffer in place when the direction *is*
       # the buffer (nesterov=False): the stored momentum is the projected one.
       return update, (b if nesterov else projected)
 
     new_updates, trace = _map_leaves(
-        leaf, 2, updates, params, mask, weight_decay_mask, trace
+      leaf, 2, updates, params, mask, weight_decay_mask, trace
     )
     trace = optax.tree.cast_like(trace, state.trace)
     return new_updates, ScaleBySGDPState(trace=trace)
@@ -582,18 +649,18 @@ def scale_by_sgdp(
 
 
 def sgdp(
-    learning_rate: optax.ScalarOrSchedule,
-    momentum: jax.typing.ArrayLike = 0.0,
-    dampening: jax.typing.ArrayLike = 0.0,
-    weight_decay: jax.typing.ArrayLike = 0.0,
-    nesterov: bool = False,
-    eps: jax.typing.ArrayLike = 1e-8,
-    delta: jax.typing.ArrayLike = 0.1,
-    wd_ratio: jax.typing.ArrayLike = 0.1,
-    channel_axis: int = -1,
-    mask: MaskOrFn = None,
-    weight_decay_mask: MaskOrFn = None,
-    accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: jax.typing.ArrayLike = 0.0,
+  dampening: jax.typing.ArrayLike = 0.0,
+  eps: jax.typing.ArrayLike = 1e-8,
+  weight_decay: jax.typing.ArrayLike = 0.0,
+  delta: jax.typing.ArrayLike = 0.1,
+  wd_ratio: jax.typing.ArrayLike = 0.1,
+  nesterov: bool = False,
+  channel_axis: int = -1,
+  mask: MaskOrFn = None,
+  weight_decay_mask: MaskOrFn = None,
+  accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
 ) -> optax.GradientTransformationExtraArgs:
   """SGDP: momentum SGD minus the radial part of updates (scale-invariant w).
 
@@ -614,12 +681,12 @@ def sgdp(
     learning_rate: float or schedule, ``>= 0``.
     momentum: heavy-ball coefficient, in [0, 1).
     dampening: in [0, 1].
-    weight_decay: decoupled decay, ``>= 0``.
-    nesterov: Nesterov momentum (needs momentum > 0, dampening 0). Static.
     eps: norm floor of the projection, > 0.
+    weight_decay: decoupled decay, ``>= 0``.
     delta: threshold of the cosine test, > 0.
     wd_ratio: decay factor where the projection fires, in [0, 1].
-    channel_axis: ``-1`` (Flax) or ``0`` (PyTorch layout). Static.
+    nesterov: Nesterov momentum (needs momentum > 0, dampening 0). Static.
+    channel_axis: ``-1`` (Flax) or ``0`` (PyTorch layout).
     mask: which leaves may be projected.
     weight_decay_mask: which leaves are decayed.
     accumulator_dtype: dtype of the momentum.
@@ -642,14 +709,20 @@ def sgdp(
     for Momentum Optimizers on Scale-invariant Weights
     <https://arxiv.org/abs/2006.08217>`_, ICLR 2021.
   """
-  _checks.check_non_negative('learning_rate', learning_rate)
+  checks.check_non_negative('learning_rate', learning_rate)
   return optax.chain(
-      scale_by_sgdp(
-          momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-          nesterov=nesterov, eps=eps, delta=delta, wd_ratio=wd_ratio,
-          channel_axis=channel_axis, mask=mask,
-          weight_decay_mask=weight_decay_mask,
-          accumulator_dtype=accumulator_dtype,
-      ),
-      optax.scale_by_learning_rate(learning_rate),
+    scale_by_sgdp(
+      momentum=momentum,
+      dampening=dampening,
+      weight_decay=weight_decay,
+      nesterov=nesterov,
+      eps=eps,
+      delta=delta,
+      wd_ratio=wd_ratio,
+      channel_axis=channel_axis,
+      mask=mask,
+      weight_decay_mask=weight_decay_mask,
+      accumulator_dtype=accumulator_dtype,
+    ),
+    optax.scale_by_learning_rate(learning_rate),
   )

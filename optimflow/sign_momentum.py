@@ -32,17 +32,17 @@ row against the closed form on ``f = 0.5||x - c||^2``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optimflow import _checks
+from optimflow._src import checks
+from optimflow._src.tree import MaskOrFn
 
 KappaGrad = Callable[[jax.Array], jax.Array]
 KappaSpec = Union[str, tuple[str, float], KappaGrad]
-MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
 
 _NAMED = ('sign', 'l1', 'l2', 'quadratic')
 _WITH_PARAMETER = ('huber', 'dead_zone', 'relativistic', 'lp')
@@ -106,28 +106,28 @@ def kappa_gradient(kappa: KappaSpec) -> KappaGrad:
       return lambda y: y
     if kappa in _WITH_PARAMETER:
       raise ValueError(
-          f'kappa={kappa!r} needs a parameter: pass ({kappa!r}, value).'
+        f'kappa={kappa!r} needs a parameter: pass ({kappa!r}, value).'
       )
   elif isinstance(kappa, tuple) and len(kappa) == 2:
     name, d = kappa
     if name == 'lp':
-      _checks.check_interval('kappa p', d, 1.0)
+      checks.check_interval('kappa p', d, 1.0)
       return _lp_direction(float(d))
     if name in _WITH_PARAMETER:
-      _checks.check_positive(f'kappa {name} delta', d)
+      checks.check_positive(f'kappa {name} delta', d)
       d = float(d)
       if name == 'huber':
         return lambda y: jnp.clip(y / d, -1, 1)
       if name == 'dead_zone':
         return lambda y: jnp.where(jnp.abs(y) > d, jnp.sign(y), 0).astype(
-            y.dtype
+          y.dtype
         )
       return lambda y: y * jax.lax.rsqrt(y * y + d * d)
   names = ', '.join(repr(n) for n in _NAMED)
   pairs = ', '.join(f'({n!r}, value)' for n in _WITH_PARAMETER)
   raise ValueError(
-      f'kappa={kappa!r} is not supported: choose one of {names}, {pairs}, '
-      'or a callable array -> array.'
+    f'kappa={kappa!r} is not supported: choose one of {names}, {pairs}, '
+    'or a callable array -> array.'
   )
 
 
@@ -139,10 +139,10 @@ class ScaleByLionKappaState(NamedTuple):
 
 
 def scale_by_lion_kappa(
-    kappa: KappaSpec = 'sign',
-    b1: float = 0.9,
-    b2: float = 0.99,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
+  kappa: KappaSpec = 'sign',
+  b1: float = 0.9,
+  b2: float = 0.99,
+  mu_dtype: Optional[jax.typing.DTypeLike] = None,
 ) -> optax.GradientTransformation:
   """Lion-kappa direction: ``grad_kappa(b1 m + (1 - b1) g)``, then the EMA.
 
@@ -153,7 +153,9 @@ def scale_by_lion_kappa(
     m_t = b_2 m_{t-1} + (1 - b_2) g_t.
 
   The direction uses the *old* momentum; the momentum is updated after.
-  Updates come back in the gradient's dtype.
+  Updates come back in the gradient's dtype. Entries where ``c_t`` is NaN or
+  infinite are passed on unchanged (``sign(inf) = 1`` would hide them), so a
+  non-finite gradient gives a non-finite update.
 
   Args:
     kappa: which kappa; see :func:`kappa_gradient`. Static.
@@ -179,9 +181,9 @@ def scale_by_lion_kappa(
     As Lyapunov Predicts <https://arxiv.org/abs/2310.05898>`_, 2023.
   """
   grad_kappa = kappa_gradient(kappa)
-  _checks.check_beta('b1', b1)
-  _checks.check_beta('b2', b2, allow_one=False)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  checks.check_beta('b1', b1)
+  checks.check_beta('b2', b2, allow_one=False)
+  mu_dtype = checks.check_dtype('mu_dtype', mu_dtype)
 
   def init_fn(params):
     mu = optax.tree.zeros_like(params, dtype=mu_dtype)
@@ -192,7 +194,9 @@ def scale_by_lion_kappa(
 
     def direction(g, m):
       c = (1.0 - b1) * g + b1 * m
-      return grad_kappa(c).astype(g.dtype)
+      # sign(inf) = 1 and a clipped kappa would hide an infinite gradient:
+      # non-finite entries of c are passed on, so a bad step shows.
+      return jnp.where(jnp.isfinite(c), grad_kappa(c), c).astype(g.dtype)
 
     new_updates = jax.tree.map(direction, updates, state.mu)
     mu = optax.tree.update_moment(updates, state.mu, b2, 1)
@@ -214,8 +218,8 @@ def _at(value: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
 
 
 def scale_by_implicit_decay(
-    learning_rate: optax.ScalarOrSchedule,
-    weight_decay: optax.ScalarOrSchedule,
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: optax.ScalarOrSchedule,
 ) -> optax.GradientTransformation:
   """Divides updates by ``1 + learning_rate * weight_decay``.
 
@@ -246,7 +250,7 @@ def scale_by_implicit_decay(
   def update_fn(updates, state, params=None):
     del params
     factor = 1.0 / (
-        1.0 + _at(learning_rate, state.count) * _at(weight_decay, state.count)
+      1.0 + _at(learning_rate, state.count) * _at(weight_decay, state.count)
     )
     updates = jax.tree.map(lambda u: (factor * u).astype(u.dtype), updates)
     return updates, ScaleByImplicitDecayState(optax.safe_increment(state.count))
@@ -255,14 +259,14 @@ def scale_by_implicit_decay(
 
 
 def lion_kappa(
-    learning_rate: optax.ScalarOrSchedule,
-    kappa: KappaSpec = 'sign',
-    b1: float = 0.9,
-    b2: float = 0.99,
-    weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
-    implicit_decay: bool = False,
+  learning_rate: optax.ScalarOrSchedule,
+  kappa: KappaSpec = 'sign',
+  b1: float = 0.9,
+  b2: float = 0.99,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  mask: MaskOrFn = None,
+  mu_dtype: Optional[jax.typing.DTypeLike] = None,
+  implicit_decay: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Lion-kappa: ``x <- x - eta (grad_kappa(c) + lambda x)``.
 
@@ -306,12 +310,12 @@ def lion_kappa(
     Chen, Liu, Liang, Liu, `Lion Secretly Solves Constrained Optimization:
     As Lyapunov Predicts <https://arxiv.org/abs/2310.05898>`_, 2023.
   """
-  _checks.check_non_negative('learning_rate', learning_rate)
-  _checks.check_non_negative('weight_decay', weight_decay)
+  checks.check_non_negative('learning_rate', learning_rate)
+  checks.check_non_negative('weight_decay', weight_decay)
   parts = [
-      scale_by_lion_kappa(kappa=kappa, b1=b1, b2=b2, mu_dtype=mu_dtype),
-      optax.add_decayed_weights(weight_decay, mask),
-      optax.scale_by_learning_rate(learning_rate),
+    scale_by_lion_kappa(kappa=kappa, b1=b1, b2=b2, mu_dtype=mu_dtype),
+    optax.add_decayed_weights(weight_decay, mask),
+    optax.scale_by_learning_rate(learning_rate),
   ]
   if implicit_decay:
     implicit = scale_by_implicit_decay(learning_rate, weight_decay)
@@ -320,12 +324,12 @@ def lion_kappa(
 
 
 def lion(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: float = 0.9,
-    b2: float = 0.99,
-    weight_decay: optax.ScalarOrSchedule = 0.0,
-    mask: MaskOrFn = None,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
+  learning_rate: optax.ScalarOrSchedule,
+  b1: float = 0.9,
+  b2: float = 0.99,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  mask: MaskOrFn = None,
+  mu_dtype: Optional[jax.typing.DTypeLike] = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Lion: ``x <- x - eta (sign(b1 m + (1 - b1) g) + lambda x)``.
 
@@ -363,11 +367,11 @@ def lion(
     <https://arxiv.org/abs/2302.06675>`_, 2023.
   """
   return lion_kappa(
-      learning_rate,
-      kappa='sign',
-      b1=b1,
-      b2=b2,
-      weight_decay=weight_decay,
-      mask=mask,
-      mu_dtype=mu_dtype,
+    learning_rate,
+    kappa='sign',
+    b1=b1,
+    b2=b2,
+    weight_decay=weight_decay,
+    mask=mask,
+    mu_dtype=mu_dtype,
   )

@@ -40,10 +40,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optimflow import _checks
 from optimflow import linalg
 from optimflow import orthogonal
-from optimflow import sharding as sharding_lib
+from optimflow._src import checks
+from optimflow._src.tree import MaskOrFn
+from optimflow._src.tree import safe_divide
+from optimflow.sharding import matrix as sharding_lib
 
 OUTPUT_SCALES = ('unit_rms', 'match_gradnorm', None)
 NORMALIZATIONS = ('frobenius', 'gram')
@@ -52,10 +54,10 @@ Axis = Optional[Union[int, Sequence[int]]]
 
 
 def gradnorm(
-    x: jax.Array,
-    axis: Union[int, Sequence[int]] = -2,
-    eps: jax.typing.ArrayLike = 1e-8,
-    center: bool = True,
+  x: jax.Array,
+  axis: Union[int, Sequence[int]] = -2,
+  eps: jax.typing.ArrayLike = 1e-8,
+  center: bool = True,
 ) -> jax.Array:
   """SWAN's GradNorm: standardise ``x`` over ``axis``.
 
@@ -65,14 +67,20 @@ def gradnorm(
     \\bar g = \\mathrm{mean}_{axis}\\, G, \\quad
     s = \\sqrt{\\mathrm{mean}_{axis} (G - \\bar g)^2}
 
-  (population standard deviation). A constant slice (``s = 0``) becomes 0.
-  Computed in at least float32, returned in ``x``'s dtype.
+  (population standard deviation), computed in at least float32 and
+  returned in ``x``'s dtype. The mean is subtracted twice (the second pass
+  removes the rounding error of the first), and a slice whose ``s`` is at the
+  rounding level of its magnitude, ``s <= eps_32 max|G|`` (``eps_32`` the
+  machine epsilon of the compute dtype), counts as constant and becomes 0:
+  rounding noise is not amplified into a unit-size direction. A zero slice
+  gives 0; NaN or inf in a slice gives NaN there.
 
   Args:
     x: the gradient.
     axis: axes to standardise over (the fan-in); ``-2`` for a
       ``(..., fan_in, fan_out)`` stack.
-    eps: added to ``s``.
+    eps: added to ``s`` (an absolute floor; the relative one above is
+      always applied).
     center: subtract the mean (the paper); ``False`` only divides by the
       root mean square.
 
@@ -87,68 +95,62 @@ def gradnorm(
     Array([[-1.,  0.],
            [ 1.,  0.]], dtype=float32)
   """
-  y = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  dtype = jnp.promote_types(x.dtype, jnp.float32)
+  y = x.astype(dtype)
+  scale = jnp.max(jnp.abs(y), axis=axis, keepdims=True, initial=0.0)
   if center:
     y = y - jnp.mean(y, axis=axis, keepdims=True)
+    y = y - jnp.mean(y, axis=axis, keepdims=True)
   s = jnp.sqrt(jnp.mean(jnp.square(y), axis=axis, keepdims=True))
-  return (y / (s + eps)).astype(x.dtype)
+  # NaN <= floor is False and an infinite scale is excluded, so a slice
+  # holding NaN or inf stays non-finite.
+  constant = (s <= jnp.finfo(dtype).eps * scale) & jnp.isfinite(scale)
+  return jnp.where(constant, 0, y / (s + eps)).astype(x.dtype)
 
 
 def _check_eps(eps: Any) -> None:
-  _checks.check_positive('eps', eps)
+  checks.check_positive('eps', eps)
 
 
 def _check_whitening(ns_steps, ns_beta, output_scale, normalization) -> None:
-  _checks.check_int_at_least('ns_steps', ns_steps, 1)
+  checks.as_count('ns_steps', ns_steps, 1)
   if ns_beta is not None:  # None: the scaled schedule
-    _checks.check_interval('ns_beta', ns_beta, 0.0, 1.0, low_open=True)
-  _checks.check_choice('output_scale', output_scale, OUTPUT_SCALES)
-  _checks.check_choice('normalization', normalization, NORMALIZATIONS)
+    checks.check_interval('ns_beta', ns_beta, 0.0, 1.0, low_open=True)
+  checks.check_choice('output_scale', output_scale, OUTPUT_SCALES)
+  checks.check_choice('normalization', normalization, NORMALIZATIONS)
 
 
 def _rms_matched(delta: jax.Array, target_sq: jax.Array) -> jax.Array:
   """``delta`` rescaled to Frobenius norm ``sqrt(target_sq)``; 0 stays 0."""
   norm = jnp.sqrt(jnp.sum(jnp.square(delta), axis=(-2, -1), keepdims=True))
-  return linalg._safe_divide(delta * jnp.sqrt(target_sq), norm)  # pylint: disable=protected-access
+  return safe_divide(delta * jnp.sqrt(target_sq), norm)
 
 
 @linalg.matrixwise
-def _whiten_matrices(x, *, ns_steps, ns_beta, output_scale, eps,
-                     normalization):
+def _whiten_matrices(x, *, ns_steps, ns_beta, output_scale, eps, normalization):
   """GradWhitening of a ``(B, m, n)`` float32 stack, then the output scale.
 
   On CPU the stack runs one matrix at a time (:func:`linalg.matrixwise`).
   """
-  delta = linalg.whiten(x, ns_steps, ns_beta, eps=eps,
-                        normalization=normalization)
+  delta = linalg.whiten(
+    x, ns_steps, ns_beta, eps=eps, normalization=normalization
+  )
   if output_scale == 'unit_rms':
-    return _rms_matched(delta, jnp.asarray(x.shape[-2] * x.shape[-1],
-                                           delta.dtype))
+    return _rms_matched(
+      delta, jnp.asarray(x.shape[-2] * x.shape[-1], delta.dtype)
+    )
   if output_scale == 'match_gradnorm':
-    return _rms_matched(delta, jnp.sum(jnp.square(x), axis=(-2, -1),
-                                       keepdims=True))
+    return _rms_matched(
+      delta, jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True)
+    )
   return delta
 
 
-def _stateless(update_matrices) -> optax.GradientTransformation:
-  """A stateless transformation from ``updates -> new updates``."""
-
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None):
-    del params
-    return update_matrices(updates), state
-
-  return optax.GradientTransformation(init_fn, update_fn)
-
-
 def scale_by_grad_norm(
-    axis: Axis = None,
-    eps: float = 1e-8,
-    center: bool = True,
-    dimension_numbers: linalg.DimensionNumbersOrFn = None,
+  axis: Axis = None,
+  eps: float = 1e-8,
+  center: bool = True,
+  dimension_numbers: linalg.DimensionNumbersOrFn = None,
 ) -> optax.GradientTransformation:
   """SWAN's GradNorm on every leaf: each output unit standardised over its inputs.
 
@@ -201,32 +203,36 @@ def scale_by_grad_norm(
   def update_matrices(updates):
     if axis is None:
       return linalg.map_matrices(
-          lambda x: gradnorm(x, -2, eps, center), updates, dimension_numbers,
-          orient='keep', group=False)
+        lambda x: gradnorm(x, -2, eps, center),
+        updates,
+        dimension_numbers,
+        orient='keep',
+        group=False,
+      )
     path_leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
     out = []
     for path, g in path_leaves:
       if jnp.ndim(g) < 2:
         raise ValueError(
-            f'the leaf at {jax.tree_util.keystr(path)} has shape '
-            f'{jnp.shape(g)}: GradNorm needs at least 2 dimensions. Send it '
-            'to another branch (optax.partition or optax.masked).'
+          f'the leaf at {jax.tree_util.keystr(path)} has shape '
+          f'{jnp.shape(g)}: GradNorm needs at least 2 dimensions. Send it '
+          'to another branch (optax.partition or optax.masked).'
         )
-      axes = linalg._axes(axis, jnp.ndim(g))  # pylint: disable=protected-access
+      axes = linalg.canonical_axes(axis, jnp.ndim(g))
       out.append(gradnorm(g, axes, eps, center))
     return jax.tree.unflatten(treedef, out)
 
-  return _stateless(update_matrices)
+  return optax.stateless(lambda updates, params=None: update_matrices(updates))
 
 
 def scale_by_grad_whitening(
-    ns_steps: int = 7,
-    ns_beta: Optional[float] = None,
-    output_scale: Optional[str] = 'unit_rms',
-    eps: float = 1e-8,
-    normalization: str = 'frobenius',
-    dimension_numbers: linalg.DimensionNumbersOrFn = None,
-    sharding: sharding_lib.ShardingArg = None,
+  ns_steps: int = 7,
+  ns_beta: Optional[float] = None,
+  output_scale: Optional[str] = 'unit_rms',
+  eps: float = 1e-8,
+  normalization: str = 'frobenius',
+  dimension_numbers: linalg.DimensionNumbersOrFn = None,
+  sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformation:
   """SWAN's GradWhitening ``(G G^T)^{-1/2} G`` on every matrix view.
 
@@ -278,9 +284,9 @@ def scale_by_grad_whitening(
     Higham's steps, ``512 x 2048``: ``s_min > 0.96`` at ``k = 7``).
 
   Args:
-    ns_steps: Newton-Schulz steps, a static int ``>= 1``.
+    ns_steps: Newton-Schulz steps, an int ``>= 1`` (may be traced).
     ns_beta: ``None`` (the scaled schedule) or a constant step scale
-      ``beta`` in ``(0, 1]`` (Algorithm 2; static).
+      ``beta`` in ``(0, 1]`` (Algorithm 2; may be traced).
     output_scale: ``'unit_rms'``, ``'match_gradnorm'`` or ``None`` (static).
     eps: added to the normalising norm, ``> 0``.
     normalization: ``'frobenius'`` or ``'gram'`` (static).
@@ -324,24 +330,31 @@ def scale_by_grad_whitening(
   sharding = sharding_lib.as_matrix_sharding(sharding)
 
   def fn(x):
-    return _whiten_matrices(x, ns_steps=ns_steps, ns_beta=ns_beta,
-                            output_scale=output_scale, eps=eps,
-                            normalization=normalization)
+    return _whiten_matrices(
+      x,
+      ns_steps=ns_steps,
+      ns_beta=ns_beta,
+      output_scale=output_scale,
+      eps=eps,
+      normalization=normalization,
+    )
 
-  return _stateless(
-      lambda updates: linalg.map_matrices(fn, updates, dimension_numbers,
-                                          sharding=sharding))
+  return optax.stateless(
+    lambda updates, params=None: linalg.map_matrices(
+      fn, updates, dimension_numbers, sharding=sharding
+    )
+  )
 
 
 def scale_by_swan(
-    ns_steps: int = 7,
-    ns_beta: Optional[float] = None,
-    output_scale: Optional[str] = 'unit_rms',
-    eps: float = 1e-8,
-    center: bool = True,
-    normalization: str = 'frobenius',
-    dimension_numbers: linalg.DimensionNumbersOrFn = None,
-    sharding: sharding_lib.ShardingArg = None,
+  ns_steps: int = 7,
+  ns_beta: Optional[float] = None,
+  output_scale: Optional[str] = 'unit_rms',
+  eps: float = 1e-8,
+  center: bool = True,
+  normalization: str = 'frobenius',
+  dimension_numbers: linalg.DimensionNumbersOrFn = None,
+  sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformation:
   """SWAN's direction: GradNorm, then GradWhitening; no state.
 
@@ -357,9 +370,9 @@ def scale_by_swan(
   to send the others to AdamW.
 
   Args:
-    ns_steps: Newton-Schulz steps, a static int ``>= 1``.
+    ns_steps: Newton-Schulz steps, an int ``>= 1`` (may be traced).
     ns_beta: ``None`` (the scaled schedule) or a constant step scale
-      ``beta`` in ``(0, 1]`` (Algorithm 2; static).
+      ``beta`` in ``(0, 1]`` (Algorithm 2; may be traced).
     output_scale: ``'unit_rms'``, ``'match_gradnorm'`` or ``None``.
     eps: added to GradNorm's standard deviation and to the normalising norm
       of the whitening, ``> 0``.
@@ -398,33 +411,41 @@ def scale_by_swan(
 
   @linalg.matrixwise
   def fn(x):  # x: (B, fan_in, fan_out); on CPU one matrix at a time
-    return _whiten_matrices(gradnorm(x, -2, eps, center), ns_steps=ns_steps,
-                            ns_beta=ns_beta, output_scale=output_scale,
-                            eps=eps, normalization=normalization)
+    return _whiten_matrices(
+      gradnorm(x, -2, eps, center),
+      ns_steps=ns_steps,
+      ns_beta=ns_beta,
+      output_scale=output_scale,
+      eps=eps,
+      normalization=normalization,
+    )
 
-  return _stateless(lambda updates: linalg.map_matrices(
-      fn, updates, dimension_numbers, orient='keep', sharding=sharding))
+  return optax.stateless(
+    lambda updates, params=None: linalg.map_matrices(
+      fn, updates, dimension_numbers, orient='keep', sharding=sharding
+    )
+  )
 
 
 def swan(
-    learning_rate: optax.ScalarOrSchedule,
-    ns_steps: int = 7,
-    ns_beta: Optional[float] = None,
-    output_scale: Optional[str] = 'unit_rms',
-    eps: float = 1e-8,
-    center: bool = True,
-    normalization: str = 'frobenius',
-    dimension_numbers: linalg.DimensionNumbersOrFn = None,
-    weight_decay: optax.ScalarOrSchedule = 0.0,
-    weight_decay_mask: orthogonal.MaskOrFn = None,
-    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
-    adam_b1: float = 0.9,
-    adam_b2: float = 0.999,
-    adam_eps: float = 1e-8,
-    adam_weight_decay: optax.ScalarOrSchedule = 0.0,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
-    matrix_filter: Optional[orthogonal.MatrixFilter] = None,
-    sharding: sharding_lib.ShardingArg = None,
+  learning_rate: optax.ScalarOrSchedule,
+  ns_steps: int = 7,
+  ns_beta: Optional[float] = None,
+  output_scale: Optional[str] = 'unit_rms',
+  eps: float = 1e-8,
+  center: bool = True,
+  normalization: str = 'frobenius',
+  dimension_numbers: linalg.DimensionNumbersOrFn = None,
+  mu_dtype: Optional[jax.typing.DTypeLike] = None,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  weight_decay_mask: MaskOrFn = None,
+  adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
+  adam_b1: float = 0.9,
+  adam_b2: float = 0.999,
+  adam_eps: float = 1e-8,
+  adam_weight_decay: optax.ScalarOrSchedule = 0.0,
+  matrix_filter: Optional[orthogonal.MatrixFilter] = None,
+  sharding: sharding_lib.ShardingArg = None,
 ) -> optax.GradientTransformationExtraArgs:
   """SWAN for hidden matrices, AdamW for everything else.
 
@@ -440,15 +461,16 @@ def swan(
 
   Args:
     learning_rate: learning rate of the SWAN branch, float or schedule.
-    ns_steps: Newton-Schulz steps (static int ``>= 1``).
+    ns_steps: Newton-Schulz steps (int ``>= 1``, may be traced).
     ns_beta: ``None`` (the scaled schedule) or a constant step scale in
-      ``(0, 1]`` (static); see :func:`scale_by_grad_whitening`.
+      ``(0, 1]`` (may be traced); see :func:`scale_by_grad_whitening`.
     output_scale: ``'unit_rms'``, ``'match_gradnorm'`` or ``None`` (static).
     eps: GradNorm's and the whitening's epsilon, ``> 0``.
     center: GradNorm subtracts the per-unit mean (static).
     normalization: ``'frobenius'`` or ``'gram'`` (static).
     dimension_numbers: matrix views (see :func:`scale_by_grad_whitening`); a
       ``None`` entry in a tree sends that leaf to AdamW.
+    mu_dtype: dtype of AdamW's first moment.
     weight_decay: decoupled decay of the SWAN branch, float or schedule.
     weight_decay_mask: which SWAN leaves are decayed.
     adam_learning_rate: learning rate of the AdamW branch; ``None`` uses
@@ -457,7 +479,6 @@ def swan(
     adam_b2: AdamW's second-moment decay, in [0, 1).
     adam_eps: AdamW's epsilon.
     adam_weight_decay: AdamW's decoupled decay.
-    mu_dtype: dtype of AdamW's first moment.
     matrix_filter: ``filter(path, leaf) -> bool`` choosing the SWAN branch;
       default :func:`optimflow.orthogonal.default_matrix_filter`
       (``ndim >= 2``, path names no embedding or head). Static.
@@ -487,21 +508,35 @@ def swan(
     Ma, Gong, Scetbon, Meeds, `SWAN: SGD with Normalization and Whitening
     Enables Stateless LLM Training <https://arxiv.org/abs/2412.13148>`_, 2024.
   """
-  return orthogonal._partition(  # pylint: disable=protected-access
-      scale_by_swan(ns_steps=ns_steps, ns_beta=ns_beta,
-                    output_scale=output_scale, eps=eps, center=center,
-                    normalization=normalization,
-                    dimension_numbers=dimension_numbers, sharding=sharding),
-      learning_rate, weight_decay, weight_decay_mask, adam_learning_rate,
-      adam_b1, adam_b2, adam_eps, adam_weight_decay, mu_dtype, matrix_filter,
-      dimension_numbers,
+  return orthogonal._partition(
+    scale_by_swan(
+      ns_steps=ns_steps,
+      ns_beta=ns_beta,
+      output_scale=output_scale,
+      eps=eps,
+      center=center,
+      normalization=normalization,
+      dimension_numbers=dimension_numbers,
+      sharding=sharding,
+    ),
+    learning_rate,
+    weight_decay,
+    weight_decay_mask,
+    adam_learning_rate,
+    adam_b1,
+    adam_b2,
+    adam_eps,
+    adam_weight_decay,
+    mu_dtype,
+    matrix_filter,
+    dimension_numbers,
   )
 
 
 __all__ = (
-    'gradnorm',
-    'scale_by_grad_norm',
-    'scale_by_grad_whitening',
-    'scale_by_swan',
-    'swan',
+  'gradnorm',
+  'scale_by_grad_norm',
+  'scale_by_grad_whitening',
+  'scale_by_swan',
+  'swan',
 )

@@ -1,11 +1,11 @@
-"""Smoke run of examples/adamp.py: outputs, and the weight-norm mechanism."""
+"""Smoke run of optimflow.lab.examples.adamp: outputs, and the weight-norm mechanism."""
 
 import json
 
 import numpy as np
 import pytest
 
-from examples import adamp as example
+from optimflow.lab.examples import adamp as example
 
 
 @pytest.fixture(scope='module')
@@ -24,8 +24,12 @@ def test_outputs_written(results):
   assert (out / 'adamp.png').stat().st_size > 10_000
   saved = json.loads((out / 'results.json').read_text())
   assert saved['smoke'] is True
-  assert [r['method'] for r in saved['rows']] == ['sgd', 'sgdp', 'adam',
-                                                  'adamp']
+  assert [r['method'] for r in saved['rows']] == [
+    'sgd',
+    'sgdp',
+    'adam',
+    'adamp',
+  ]
   assert saved['rows'] == res['rows']
   for curves in saved['curves'].values():
     for c in curves:
@@ -41,8 +45,10 @@ def test_projection_suppresses_norm_growth(results):
   much (only to second order in the step)."""
   rows = results[0]['rows']
   key = 'conv1 ||w||/||w0||'
-  for plain, projected, growth in (('sgd', 'sgdp', 0.05),
-                                   ('adam', 'adamp', 0.03)):
+  for plain, projected, growth in (
+    ('sgd', 'sgdp', 0.05),
+    ('adam', 'adamp', 0.03),
+  ):
     plain_growth = _row(rows, plain)[key] - 1
     projected_growth = _row(rows, projected)[key] - 1
     assert plain_growth > growth
@@ -52,16 +58,21 @@ def test_projection_suppresses_norm_growth(results):
 def test_pair_rows_are_consistent(results):
   pairs = results[0]['pairs']
   assert [(p['pair'], p['kernel']) for p in pairs] == [
-      ('sgdp vs sgd', 'conv0'), ('sgdp vs sgd', 'conv1'),
-      ('adamp vs adam', 'conv0'), ('adamp vs adam', 'conv1')]
+    ('sgdp vs sgd', 'conv0'),
+    ('sgdp vs sgd', 'conv1'),
+    ('adamp vs adam', 'conv0'),
+    ('adamp vs adam', 'conv1'),
+  ]
   for p in pairs:
     power = 2 if p['pair'].startswith('sgdp') else 1
-    np.testing.assert_allclose(p['predicted step ratio'],
-                               p['norm ratio'] ** power, rtol=1e-12)
+    np.testing.assert_allclose(
+      p['predicted step ratio'], p['norm ratio'] ** power, rtol=1e-12
+    )
 
 
 def test_angle_between():
   a = np.array([1.0, 0.0])
-  np.testing.assert_allclose(example.angle_between(a, np.array([0.0, 2.0])),
-                             np.pi / 2)
+  np.testing.assert_allclose(
+    example.angle_between(a, np.array([0.0, 2.0])), np.pi / 2
+  )
   assert example.angle_between(a, 3 * a) == 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import re
 
@@ -14,6 +15,16 @@ from optimflow import catalog
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / 'README.md'
+
+
+def _load_tool():
+  # tools/ is not installed (CI tests the installed package): load by path.
+  spec = importlib.util.spec_from_file_location(
+    'update_readme', ROOT / 'tools' / 'update_readme.py'
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def test_names_unique_and_lookup():
@@ -48,30 +59,93 @@ def test_defaults_build(entry):
   tx.init({'w': jnp.zeros((3, 2)), 'b': jnp.zeros(2)})
 
 
+def test_catalog_is_data_only():
+  # Rendering the table is tools/update_readme.py's job.
+  for name in ('markdown_table', 'update_readme'):
+    assert not hasattr(catalog, name), name
+
+
 def test_readme_table_is_current():
-  assert catalog.update_readme(str(README), check=True), (
-      'README method table is stale: run `python -m optimflow readme`')
+  from optimflow.lab import report
+
+  tool = _load_tool()
+  assert report.update_readme_section(
+    str(README), 'methods', tool.methods_table(), check=True
+  ), 'README method table is stale: run `python tools/update_readme.py`'
   text = README.read_text()
   for entry in catalog.METHODS:
-    assert f'`optimflow.{entry.name}`' in text
+    assert f'| `optimflow.{entry.name}` |' in text
+
+
+def test_readme_is_short_and_links_the_rest():
+  text = README.read_text()
+  assert len(text.splitlines()) < 200
+  for target in (
+    'docs/results.md',
+    'docs/guide.md',
+    'notebooks/',
+    'optimflow/lab/examples/',
+  ):
+    assert f']({target})' in text, target
+    assert (ROOT / target).exists(), target
+  assert 'python -m optimflow readme' not in text
 
 
 def test_readme_has_the_two_setup_commands():
   text = README.read_text()
-  assert 'pip install ".[all]" && python -m optimflow compare --task digits' in text
-  assert 'pip install ".[all]" && pytest' in text
+  commands = [
+    line
+    for line in text.splitlines()
+    if line.startswith('pip install ".[all]" && ')
+  ]
+  assert commands == [
+    'pip install ".[all]" && python -m optimflow compare --task digits',
+    'pip install ".[all]" && pytest -n 2',
+  ]
+  assert 'minutes on 2 CPU cores' in text
+  ci = ROOT / '.ci' / 'run'
+  if ci.exists():  # the README's test command is what CI runs
+    runs = [
+      line.split()
+      for line in ci.read_text().splitlines()
+      if line.split()[:1] == ['pytest']
+    ]
+    assert runs and all(r[:3] == ['pytest', '-n', '2'] for r in runs), runs
+
+
+def _readme_blocks():
+  text = README.read_text()
+  quick = re.search(r'## Quick start\n\n```python\n(.*?)```', text, re.S)
+  sam = re.search(
+    r'### Sharpness-aware methods take `grad_fn`\n.*?```python\n(.*?)```',
+    text,
+    re.S,
+  )
+  return quick.group(1), sam.group(1)
 
 
 def test_readme_quick_start_runs():
-  block = re.search(r'## Quick start\n\n```python\n(.*?)```', README.read_text(),
-                    re.S).group(1)
+  block, sam_block = _readme_blocks()
   namespace: dict = {}
   exec(compile(block, 'README quick start', 'exec'), namespace)  # noqa: S102
   x = jnp.ones((8, 64))
   y = jnp.arange(8) % 10
-  first = float(namespace['train_step'](namespace['model'],
-                                        namespace['optimizer'], x, y))
+  first = float(
+    namespace['train_step'](namespace['model'], namespace['optimizer'], x, y)
+  )
   for _ in range(20):
-    last = float(namespace['train_step'](namespace['model'],
-                                         namespace['optimizer'], x, y))
+    last = float(
+      namespace['train_step'](namespace['model'], namespace['optimizer'], x, y)
+    )
   assert last < first
+  # The grad_fn example runs in the same session, after the quick start.
+  exec(compile(sam_block, 'README grad_fn', 'exec'), namespace)  # noqa: S102
+  ns = namespace
+  assert ns['w'].shape == (3,) and float(ns['w'].min()) > 0  # moved to 3
+  assert ns['state'] is not None
+  losses = [
+    float(ns['sam_step'](ns['model'], ns['optimizer'], ns['x'], ns['y']))
+    for _ in range(20)
+  ]
+  assert losses[-1] < float(ns['loss'])
+  assert isinstance(ns['optimizer'].tx, optax.GradientTransformationExtraArgs)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import chex
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from flax import nnx
 
 import optimflow
 from optimflow import orthogonal
-from optimflow import tasks
-from optimflow.tasks import charlm
+from optimflow.lab import tasks
+from optimflow.lab.tasks import charlm
 
 
 @pytest.fixture(scope='module')
@@ -35,7 +34,9 @@ def test_corpus_ships_with_python_and_fits_the_vocabulary():
 def test_encode_decode_round_trip():
   text = 'def f(x):\n    return x ** 2  # "ok"'
   assert charlm.decode(charlm.encode(text)) == text
-  assert charlm.decode(charlm.encode('\u201cq\u201d \u2014 \u00e9')) == '"q" -- '
+  assert (
+    charlm.decode(charlm.encode('\u201cq\u201d \u2014 \u00e9')) == '"q" -- '
+  )
 
 
 def test_split_is_fixed_and_windows_are_shifted_targets(data):
@@ -44,8 +45,9 @@ def test_split_is_fixed_and_windows_are_shifted_targets(data):
     np.testing.assert_array_equal(a, b)
   assert len(data.train_ids) == 27_000 and len(data.valid_ids) == 3_000
   np.testing.assert_array_equal(
-      np.concatenate([data.train_ids, data.valid_ids]),
-      charlm.encode(charlm.corpus())[:30_000])
+    np.concatenate([data.train_ids, data.valid_ids]),
+    charlm.encode(charlm.corpus())[:30_000],
+  )
   chex.assert_shape(data.x_train, (len(data.train_ids) // 32, 32))
   np.testing.assert_array_equal(data.y_train[:, :-1], data.x_train[:, 1:])
   # Validation windows come from the held-out tail only.
@@ -81,8 +83,9 @@ def test_batch_sampler_is_seeded_and_covers_random_offsets(data):
 
 
 def test_model_is_causal_and_names_route_to_the_right_branch():
-  model = charlm.CharTransformer(context=16, d_model=16, num_layers=2,
-                                 num_heads=2, rngs=nnx.Rngs(0))
+  model = charlm.CharTransformer(
+    context=16, d_model=16, num_layers=2, num_heads=2, rngs=nnx.Rngs(0)
+  )
   ids = jnp.asarray(charlm.encode('abcdefghijklmnop'))[None]
   changed = ids.at[0, 10].set(5)
   forward = nnx.jit(lambda m, x: m(x))
@@ -91,31 +94,48 @@ def test_model_is_causal_and_names_route_to_the_right_branch():
   chex.assert_trees_all_close(out1[0, :10], out2[0, :10], atol=1e-6)
   assert not np.allclose(out1[0, 10:], out2[0, 10:])
   labels = orthogonal.matrix_labels()(nnx.state(model, nnx.Param))
-  flat = {jax.tree_util.keystr(p): v for p, v in
-          jax.tree_util.tree_flatten_with_path(labels)[0]}
+  flat = {
+    jax.tree_util.keystr(p): v
+    for p, v in jax.tree_util.tree_flatten_with_path(labels)[0]
+  }
   matrices = sorted(k for k, v in flat.items() if v == 'matrix')
   assert len(matrices) == 2 * 6  # query, key, value, out, up, down per block
   assert all('kernel' in k and ('attn' in k or 'mlp' in k) for k in matrices)
-  for name in ("['embed']['embedding']", "['pos_embedding']",
-               "['head']['kernel']"):
+  for name in (
+    "['embed']['embedding']",
+    "['pos_embedding']",
+    "['head']['kernel']",
+  ):
     assert flat[name + '.value'] == 'other'
 
 
 def test_tied_embeddings_have_no_head():
-  model = charlm.CharTransformer(context=8, d_model=8, num_layers=1,
-                                 num_heads=1, tie_embeddings=True,
-                                 rngs=nnx.Rngs(0))
+  model = charlm.CharTransformer(
+    context=8,
+    d_model=8,
+    num_layers=1,
+    num_heads=1,
+    tie_embeddings=True,
+    rngs=nnx.Rngs(0),
+  )
   assert model.head is None
   logits = nnx.jit(lambda m, x: m(x))(model, jnp.zeros((2, 8), jnp.int32))
   chex.assert_shape(logits, (2, 8, 96))
 
 
 def test_fit_learns_the_corpus_with_muon(data):
-  model = charlm.CharTransformer(context=32, d_model=32, num_layers=1,
-                                 num_heads=2, rngs=nnx.Rngs(0))
-  hist = tasks.fit(model, optimflow.muon(0.02, adam_learning_rate=1e-2), data,
-                   steps=60, batch_size=16, loss=charlm.loss_fn,
-                   progress=False)
+  model = charlm.CharTransformer(
+    context=32, d_model=32, num_layers=1, num_heads=2, rngs=nnx.Rngs(0)
+  )
+  hist = tasks.fit(
+    model,
+    optimflow.muon(0.02, adam_learning_rate=1e-2),
+    data,
+    steps=60,
+    batch_size=16,
+    loss=charlm.loss_fn,
+    progress=False,
+  )
   # From log(96) = 4.56 nats (uniform) to well below the unigram entropy.
   assert hist.train_loss[0] > 4.0
   assert hist.final['test_loss'] < 3.2

@@ -27,14 +27,15 @@ def test_top_eigenvalue_of_a_known_quadratic():
     return 0.5 * w @ batch @ w + b @ w
 
   params = {'u': jnp.ones(2), 'v': jnp.zeros((2, 2))}
-  got = diagnostics.hessian_top_eigenvalue(loss, params, a, iters=60,
-                                           key=jax.random.key(1))
+  got = diagnostics.hessian_top_eigenvalue(
+    loss, params, a, iters=60, key=jax.random.key(1)
+  )
   np.testing.assert_allclose(got, 5.0, rtol=1e-4)
   # Same answer at another point (the Hessian of a quadratic is constant).
   far = {'u': jnp.full(2, 10.0), 'v': jnp.full((2, 2), -3.0)}
   np.testing.assert_allclose(
-      diagnostics.hessian_top_eigenvalue(loss, far, a, iters=60), 5.0,
-      rtol=1e-4)
+    diagnostics.hessian_top_eigenvalue(loss, far, a, iters=60), 5.0, rtol=1e-4
+  )
 
 
 def test_top_eigenvalue_of_cross_entropy_matches_dense_hessian():
@@ -50,8 +51,9 @@ def test_top_eigenvalue_of_cross_entropy_matches_dense_hessian():
 
 def test_top_eigenvalue_rejects_bad_iters():
   with pytest.raises(ValueError, match='iters=0'):
-    diagnostics.hessian_top_eigenvalue(lambda p, b: p @ p, jnp.ones(2), None,
-                                       iters=0)
+    diagnostics.hessian_top_eigenvalue(
+      lambda p, b: p @ p, jnp.ones(2), None, iters=0
+    )
 
 
 # --------------------------------------------------------------------------
@@ -68,10 +70,14 @@ def _data(n=32):
 def _mlp_params(key):
   k1, k2, k3, k4 = jax.random.split(key, 4)
   return {
-      'l1': {'kernel': jax.random.normal(k1, (4, 5)) * 0.8,
-             'bias': jax.random.normal(k2, (5,)) * 0.3},
-      'l2': {'kernel': jax.random.normal(k3, (5, 3)) * 0.8,
-             'bias': jax.random.normal(k4, (3,)) * 0.3},
+    'l1': {
+      'kernel': jax.random.normal(k1, (4, 5)) * 0.8,
+      'bias': jax.random.normal(k2, (5,)) * 0.3,
+    },
+    'l2': {
+      'kernel': jax.random.normal(k3, (5, 3)) * 0.8,
+      'bias': jax.random.normal(k4, (3,)) * 0.3,
+    },
   }
 
 
@@ -86,40 +92,47 @@ def _loss(p, batch):
 def _rescaled(p, alpha):
   """W1 a, b1 a, W2 / a: the same ReLU network."""
   return {
-      'l1': {'kernel': p['l1']['kernel'] * alpha,
-             'bias': p['l1']['bias'] * alpha},
-      'l2': {'kernel': p['l2']['kernel'] / alpha, 'bias': p['l2']['bias']},
+    'l1': {
+      'kernel': p['l1']['kernel'] * alpha,
+      'bias': p['l1']['bias'] * alpha,
+    },
+    'l2': {'kernel': p['l2']['kernel'] / alpha, 'bias': p['l2']['bias']},
   }
 
 
 MEASURES = [
-    dict(kind='worst', norm='linf', rho=0.05),
-    dict(kind='worst', norm='l2', rho=0.1),
-    dict(kind='average', norm='l2', rho=0.1),
-    dict(kind='average', norm='linf', rho=0.1),
+  dict(kind='worst', norm='linf', rho=0.05),
+  dict(kind='worst', norm='l2', rho=0.1),
+  dict(kind='average', norm='l2', rho=0.1),
+  dict(kind='average', norm='linf', rho=0.1),
 ]
 
 
-@pytest.mark.parametrize('measure', MEASURES,
-                         ids=lambda m: f"{m['kind']}-{m['norm']}")
+@pytest.mark.parametrize(
+  'measure', MEASURES, ids=lambda m: f'{m["kind"]}-{m["norm"]}'
+)
 def test_adaptive_sharpness_is_invariant_to_relu_rescaling(measure):
   params = _mlp_params(jax.random.key(0))
   batches = [_data()]
   key = jax.random.key(7)
   alpha = 4.0  # a power of two: the rescaling is exact in floating point
   rescaled = _rescaled(params, alpha)
-  np.testing.assert_array_equal(_loss(params, batches[0]),
-                                _loss(rescaled, batches[0]))
+  np.testing.assert_array_equal(
+    _loss(params, batches[0]), _loss(rescaled, batches[0])
+  )
   s = diagnostics.sharpness(_loss, params, batches, key=key, **measure)
-  s_rescaled = diagnostics.sharpness(_loss, rescaled, batches, key=key,
-                                     **measure)
+  s_rescaled = diagnostics.sharpness(
+    _loss, rescaled, batches, key=key, **measure
+  )
   assert float(s) > 1e-4
   np.testing.assert_array_equal(s, s_rescaled)
   # The non-adaptive measure sees a different network.
-  plain = diagnostics.sharpness(_loss, params, batches, key=key,
-                                adaptive=False, **measure)
-  plain_rescaled = diagnostics.sharpness(_loss, rescaled, batches, key=key,
-                                         adaptive=False, **measure)
+  plain = diagnostics.sharpness(
+    _loss, params, batches, key=key, adaptive=False, **measure
+  )
+  plain_rescaled = diagnostics.sharpness(
+    _loss, rescaled, batches, key=key, adaptive=False, **measure
+  )
   assert abs(float(plain) - float(plain_rescaled)) > 0.05 * abs(float(plain))
 
 
@@ -131,15 +144,23 @@ def test_worst_case_is_at_least_average_case(adaptive, norm):
   batches = [(x, y), (-x, y)]
   kw = dict(norm=norm, rho=0.05, adaptive=adaptive, n_iters=10)
   worst = diagnostics.sharpness(_loss, params, batches, kind='worst', **kw)
-  average = diagnostics.sharpness(_loss, params, batches, kind='average',
-                                  key=jax.random.key(2), **kw)
+  average = diagnostics.sharpness(
+    _loss, params, batches, kind='average', key=jax.random.key(2), **kw
+  )
   if norm == 'l2':
     # Average-L2 samples N(0, rho^2) per coordinate (norm ~ rho sqrt(d)); the
     # comparable ball has radius rho sqrt(d).
     d = sum(x.size for x in jax.tree.leaves(params))
-    worst = diagnostics.sharpness(_loss, params, batches, kind='worst',
-                                  norm='l2', rho=0.05 * np.sqrt(d),
-                                  adaptive=adaptive, n_iters=10)
+    worst = diagnostics.sharpness(
+      _loss,
+      params,
+      batches,
+      kind='worst',
+      norm='l2',
+      rho=0.05 * np.sqrt(d),
+      adaptive=adaptive,
+      n_iters=10,
+    )
   assert float(worst) >= float(average)
   assert float(worst) > 0
 
@@ -155,16 +176,18 @@ def test_worst_linf_finds_the_best_vertex_of_a_convex_loss():
   for adaptive in (True, False):
     scale = np.abs(np.asarray(w)) if adaptive else np.ones(4)
     best = max(
-        float(loss(w + rho * scale * np.array(s, np.float32), a))
-        for s in itertools.product((-1.0, 1.0), repeat=4)
+      float(loss(w + rho * scale * np.array(s, np.float32), a))
+      for s in itertools.product((-1.0, 1.0), repeat=4)
     ) - float(loss(w, a))
-    got = diagnostics.sharpness(loss, w, [a], rho=rho, kind='worst',
-                                norm='linf', adaptive=adaptive)
+    got = diagnostics.sharpness(
+      loss, w, [a], rho=rho, kind='worst', norm='linf', adaptive=adaptive
+    )
     np.testing.assert_allclose(got, best, rtol=1e-5)
 
 
-@pytest.mark.parametrize('measure', MEASURES,
-                         ids=lambda m: f"{m['kind']}-{m['norm']}")
+@pytest.mark.parametrize(
+  'measure', MEASURES, ids=lambda m: f'{m["kind"]}-{m["norm"]}'
+)
 def test_sharpness_vanishes_as_rho_goes_to_zero(measure):
   params = _mlp_params(jax.random.key(0))
   batches = [_data()]
@@ -172,8 +195,9 @@ def test_sharpness_vanishes_as_rho_goes_to_zero(measure):
   values = []
   for rho in (0.1, 0.01, 0.001):
     kw['rho'] = rho
-    values.append(abs(float(diagnostics.sharpness(_loss, params, batches,
-                                                  **kw))))
+    values.append(
+      abs(float(diagnostics.sharpness(_loss, params, batches, **kw)))
+    )
   assert values[0] > values[1] > values[2]
   assert values[2] < 1e-2 * values[0]
   kw['rho'] = 0.0
@@ -198,5 +222,5 @@ def test_sharpness_bad_input():
 
 def test_checkpoints_follow_the_apgd_schedule():
   # p = 0, .22, .41, .57, .70, .80, .87, .93, .99 (x 100, rounded up)
-  assert diagnostics._checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
-  assert diagnostics._checkpoints(20) == [5, 9, 12, 14, 16, 18, 19, 20]
+  assert diagnostics.measures._checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+  assert diagnostics.measures._checkpoints(20) == [5, 9, 12, 14, 16, 18, 19, 20]

@@ -1,4 +1,4 @@
-"""Smoke run of examples/distributed.py in a subprocess (8 host devices).
+"""Smoke run of optimflow.lab.examples.distributed in a subprocess (8 host devices).
 
 The example sets the device count itself before JAX starts, so it runs as
 its own process whatever this pytest process was started with.
@@ -7,9 +7,9 @@ its own process whatever this pytest process was started with.
 import json
 import math
 import os
+from pathlib import Path
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,9 +22,20 @@ def results(tmp_path_factory):
   out = tmp_path_factory.mktemp('distributed')
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   proc = subprocess.run(
-      [sys.executable, 'examples/distributed.py', '--smoke', '--output',
-       str(out)],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    [
+      sys.executable,
+      '-m',
+      'optimflow.lab.examples.distributed',
+      '--smoke',
+      '--output',
+      str(out),
+    ],
+    cwd=out,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1200,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads((out / 'results.json').read_text()), proc.stdout, out
 
@@ -34,8 +45,10 @@ def test_outputs_written(results):
   assert (out / 'distributed.png').stat().st_size > 10_000
   assert res['smoke'] is True and res['devices'] == 8
   assert [(r['layout'], r['optimizer']) for r in res['runs']] == [
-      (layout, name) for layout in ('data_parallel', 'fsdp')
-      for name in OPTIMIZERS]
+    (layout, name)
+    for layout in ('data_parallel', 'fsdp')
+    for name in OPTIMIZERS
+  ]
   assert 'ms/step' in stdout and 'step AG/AR/A2A/CP' in stdout
 
 
@@ -62,13 +75,14 @@ def test_layouts_and_modes_change_nothing_but_the_layout(results):
 def test_collectives(results):
   runs = {(r['layout'], r['optimizer']): r for r in results[0]['runs']}
   # Data parallel: AdamP's update on replicated state needs no collective.
-  assert sum(runs['data_parallel', 'adamp']['update_collectives'].values()) \
-      == 0
+  assert sum(runs['data_parallel', 'adamp']['update_collectives'].values()) == 0
   # FSDP: the stacked Newton-Schulz reshards by all-to-all only, the
   # gathering mode all-gathers every matrix.
   stacked = runs['fsdp', 'muon[stacked]']['update_collectives']
   gather = runs['fsdp', 'muon[gather]']['update_collectives']
   assert stacked['all-to-all'] > 0 and stacked['all-gather'] == 0
   assert gather['all-gather'] > 0 and gather['all-to-all'] == 0
-  assert (runs['fsdp', 'muon[stacked]']['update_mb']
-          < runs['fsdp', 'muon[gather]']['update_mb'])
+  assert (
+    runs['fsdp', 'muon[stacked]']['update_mb']
+    < runs['fsdp', 'muon[gather]']['update_mb']
+  )

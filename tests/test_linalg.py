@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import chex
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings, strategies as st
 
 from optimflow import linalg
 
@@ -50,8 +52,14 @@ def test_ns5_singular_values_in_documented_band(method, shape):
   ns = linalg.newton_schulz if method == 'plain' else linalg.gram_newton_schulz
   out = _singular_values(ns(x, 5))
   assert out.min() >= 0.4705 - 1e-3 and out.max() <= 1.2024 + 1e-3
-  big = _singular_values(ns(_with_singular_values(
-      jax.random.key(1), *shape, jnp.geomspace(1e-2, 1.0, k)), 5))
+  big = _singular_values(
+    ns(
+      _with_singular_values(
+        jax.random.key(1), *shape, jnp.geomspace(1e-2, 1.0, k)
+      ),
+      5,
+    )
+  )
   assert big.min() >= 0.6818 - 1e-3 and big.max() <= 1.1344 + 1e-3
 
 
@@ -62,8 +70,7 @@ def test_ns_acts_on_singular_values_as_the_scalar_polynomial():
   for _ in range(3):
     expected = A * expected + B * expected**3 + C * expected**5
   got = np.sort(_singular_values(linalg.newton_schulz(x, 3)))[::-1]
-  np.testing.assert_allclose(got, np.sort(expected)[::-1], rtol=2e-4,
-                             atol=1e-5)
+  np.testing.assert_allclose(got, np.sort(expected)[::-1], rtol=2e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('shape', [(8, 8), (8, 32), (32, 8), (3, 12, 48)])
@@ -80,8 +87,9 @@ def test_gram_variant_agrees_with_plain_iteration(shape, steps):
 def test_gram_variant_agrees_on_rank_deficient_and_ill_conditioned_input():
   s = jnp.array([1.0, 0.5, 1e-4, 1e-6, 0.0, 0.0])
   x = _with_singular_values(jax.random.key(4), 6, 48, s)
-  chex.assert_trees_all_close(linalg.gram_newton_schulz(x, 5),
-                              linalg.newton_schulz(x, 5), atol=2e-5)
+  chex.assert_trees_all_close(
+    linalg.gram_newton_schulz(x, 5), linalg.newton_schulz(x, 5), atol=2e-5
+  )
 
 
 def test_per_step_coefficient_table():
@@ -98,8 +106,9 @@ def test_per_step_coefficient_table():
 @pytest.mark.parametrize('shape', [(12, 12), (10, 40), (40, 10)])
 def test_polar_factor_of_well_conditioned_matrix_is_approached(shape):
   k = min(shape)
-  x = _with_singular_values(jax.random.key(6), *shape,
-                            jnp.linspace(0.5, 1.0, k))
+  x = _with_singular_values(
+    jax.random.key(6), *shape, jnp.linspace(0.5, 1.0, k)
+  )
   polar = linalg.polar_factor(x)
   # Polar factor: semi-orthogonal, and x = polar @ (symmetric PSD factor).
   eye = jnp.eye(k)
@@ -157,7 +166,8 @@ def test_bad_coefficients_rejected():
 def test_flax_dimension_numbers():
   assert linalg.flax_dimension_numbers(2) == linalg.DimensionNumbers((0,), (1,))
   assert linalg.flax_dimension_numbers(4, 1) == linalg.DimensionNumbers(
-      (1, 2), (3,))
+    (1, 2), (3,)
+  )
   with pytest.raises(ValueError, match='batch axes'):
     linalg.flax_dimension_numbers(2, 1)
 
@@ -165,12 +175,11 @@ def test_flax_dimension_numbers():
 @st.composite
 def _shapes_and_dims(draw):
   ndim = draw(st.integers(2, 5))
-  shape = tuple(draw(st.lists(st.integers(1, 4), min_size=ndim,
-                              max_size=ndim)))
+  shape = tuple(draw(st.lists(st.integers(1, 4), min_size=ndim, max_size=ndim)))
   axes = draw(st.permutations(range(ndim)))
   n_red = draw(st.integers(1, ndim - 1))
   n_out = draw(st.integers(1, ndim - n_red))
-  red, out = tuple(axes[:n_red]), tuple(axes[n_red:n_red + n_out])
+  red, out = tuple(axes[:n_red]), tuple(axes[n_red : n_red + n_out])
   return shape, linalg.DimensionNumbers(red, out)
 
 
@@ -191,7 +200,8 @@ def test_matrix_view_round_trip_and_layout(case, orient):
   red, out = tuple(dims.reduction_axis), tuple(dims.output_axis)
   bat = tuple(a for a in range(len(shape)) if a not in red + out)
   expected = np.transpose(x, bat + red + out).reshape(
-      view.batch, view.fan_in, view.fan_out)
+    view.batch, view.fan_in, view.fan_out
+  )
   if view.transposed:
     expected = np.swapaxes(expected, 1, 2)
   np.testing.assert_array_equal(mats, expected)
@@ -201,8 +211,9 @@ def test_matrix_view_of_conv_and_scanned_kernels():
   conv = linalg.matrix_view((3, 3, 16, 8))
   assert (conv.batch, conv.fan_in, conv.fan_out) == (1, 144, 8)
   assert conv.matrix_shape == (8, 144) and conv.transposed
-  scanned = linalg.matrix_view((4, 32, 8), linalg.flax_dimension_numbers(3, 1),
-                               orient='keep')
+  scanned = linalg.matrix_view(
+    (4, 32, 8), linalg.flax_dimension_numbers(3, 1), orient='keep'
+  )
   assert (scanned.batch, scanned.matrix_shape) == (4, (32, 8))
 
 
@@ -216,11 +227,16 @@ def test_matrix_view_errors_name_the_path():
 
 
 def test_resolve_dimension_numbers_forms():
-  tree = {'a': jnp.ones((2, 3)), 'b': {'c': jnp.ones(4), 'd': jnp.ones((2, 2, 2))}}
+  tree = {
+    'a': jnp.ones((2, 3)),
+    'b': {'c': jnp.ones(4), 'd': jnp.ones((2, 2, 2))},
+  }
   dn = linalg.DimensionNumbers(1, 2)
   assert linalg.resolve_dimension_numbers(None, tree) == [
-      linalg.DimensionNumbers((0,), (1,)), None,
-      linalg.DimensionNumbers((0, 1), (2,))]
+    linalg.DimensionNumbers((0,), (1,)),
+    None,
+    linalg.DimensionNumbers((0, 1), (2,)),
+  ]
   assert linalg.resolve_dimension_numbers(dn, tree) == [dn, dn, dn]
   prefix = {'a': None, 'b': dn}
   assert linalg.resolve_dimension_numbers(prefix, tree) == [None, dn, dn]
@@ -235,15 +251,15 @@ def test_resolve_dimension_numbers_forms():
 def _tree():
   keys = iter(jax.random.split(jax.random.key(8), 8))
   return {
-      'q': jax.random.normal(next(keys), (16, 16)),
-      'k': jax.random.normal(next(keys), (16, 16)),
-      'up': jax.random.normal(next(keys), (16, 48)),
-      'down': jax.random.normal(next(keys), (48, 16)),
-      'conv': jax.random.normal(next(keys), (3, 3, 2, 8)),
-      'scan': jax.random.normal(next(keys), (2, 16, 16)),
-      'half': jax.random.normal(next(keys), (16, 16)).astype(jnp.bfloat16),
-      'none': None,
-      'masked': optax.MaskedNode(),
+    'q': jax.random.normal(next(keys), (16, 16)),
+    'k': jax.random.normal(next(keys), (16, 16)),
+    'up': jax.random.normal(next(keys), (16, 48)),
+    'down': jax.random.normal(next(keys), (48, 16)),
+    'conv': jax.random.normal(next(keys), (3, 3, 2, 8)),
+    'scan': jax.random.normal(next(keys), (2, 16, 16)),
+    'half': jax.random.normal(next(keys), (16, 16)).astype(jnp.bfloat16),
+    'none': None,
+    'masked': optax.MaskedNode(),
   }
 
 
@@ -259,32 +275,39 @@ def test_batched_groups_equal_per_leaf_results():
   # q, k and half (bf16, computed in float32) share one call, up and down
   # (down seen transposed) another; scan is one (32, 16) matrix by default,
   # seen as (16, 32); conv is (18, 8), seen as (8, 18).
-  assert sorted(calls) == sorted([(3, 16, 16), (2, 16, 48), (1, 16, 32),
-                                  (1, 8, 18)])
+  assert sorted(calls) == sorted(
+    [(3, 16, 16), (2, 16, 48), (1, 16, 32), (1, 8, 18)]
+  )
   calls.clear()
   per_leaf = jax.jit(lambda t: linalg.map_matrices(fn, t, group=False))(tree)
   assert len(calls) == 7
   chex.assert_trees_all_close(grouped, per_leaf, atol=1e-6)
   chex.assert_trees_all_equal_shapes_and_dtypes(grouped, tree)
-  assert grouped['none'] is None and isinstance(grouped['masked'],
-                                                optax.MaskedNode)
+  assert grouped['none'] is None and isinstance(
+    grouped['masked'], optax.MaskedNode
+  )
   # Each leaf equals its own orthogonalisation computed by hand.
   ortho = jax.jit(linalg.orthogonalize)
-  chex.assert_trees_all_close(grouped['down'], ortho(tree['down'].T).T,
-                              atol=1e-6)
+  chex.assert_trees_all_close(
+    grouped['down'], ortho(tree['down'].T).T, atol=1e-6
+  )
   conv = ortho(tree['conv'].reshape(18, 8))
-  chex.assert_trees_all_close(grouped['conv'], conv.reshape(3, 3, 2, 8),
-                              atol=1e-6)
+  chex.assert_trees_all_close(
+    grouped['conv'], conv.reshape(3, 3, 2, 8), atol=1e-6
+  )
 
 
-@pytest.mark.parametrize('ns', [linalg.newton_schulz,
-                                linalg.gram_newton_schulz])
+@pytest.mark.parametrize(
+  'ns', [linalg.newton_schulz, linalg.gram_newton_schulz]
+)
 @pytest.mark.parametrize('backends', [('cpu',), ()])
 def test_stacks_run_matrixwise_on_cpu_and_batched_elsewhere(
-    ns, backends, monkeypatch):
-  monkeypatch.setattr(linalg, 'MATRIXWISE_BACKENDS', backends)
+  ns, backends, monkeypatch
+):
+  monkeypatch.setattr(linalg.grouped, 'MATRIXWISE_BACKENDS', backends)
   x = linalg.frobenius_normalize(
-      jax.random.normal(jax.random.key(11), (2, 3, 8, 20)))
+    jax.random.normal(jax.random.key(11), (2, 3, 8, 20))
+  )
   # Fresh lambdas: jit's trace cache would otherwise reuse the first trace.
   jaxpr = str(jax.make_jaxpr(lambda y: ns(y))(x))
   # Batched: the Gram matrices are one (2, 3, 8, 8) array; matrixwise: (8, 8).
@@ -299,22 +322,40 @@ def test_map_matrices_scanned_layers_are_separate_matrices():
   dims = linalg.flax_dimension_numbers(3, num_batch_axes=1)
   out = linalg.map_matrices(linalg.orthogonalize, {'w': x}, {'w': dims})['w']
   chex.assert_trees_all_close(
-      out, jnp.stack([linalg.orthogonalize(m) for m in x]), atol=1e-6)
+    out, jnp.stack([linalg.orthogonalize(m) for m in x]), atol=1e-6
+  )
 
 
 def test_map_matrices_float32_for_bf16_and_finalize():
   x = jax.random.normal(jax.random.key(10), (8, 8)).astype(jnp.bfloat16)
   seen = []
-  out = linalg.map_matrices(lambda m: seen.append(m.dtype) or m, {'w': x},
-                            finalize=lambda view, y: 2 * y)
+  out = linalg.map_matrices(
+    lambda m: seen.append(m.dtype) or m,
+    {'w': x},
+    finalize=lambda view, y: 2 * y,
+  )
   assert seen == [jnp.float32] and out['w'].dtype == jnp.bfloat16
   chex.assert_trees_all_equal(out['w'], 2 * x)
 
 
 def test_map_matrices_passes_through_none_dims_and_names_bad_leaf():
   tree = {'w': jnp.ones((4, 4)), 'b': jnp.ones(4)}
-  out = linalg.map_matrices(lambda m: 0 * m, tree, {'w': linalg.DimensionNumbers(),
-                                                   'b': None})
+  out = linalg.map_matrices(
+    lambda m: 0 * m, tree, {'w': linalg.DimensionNumbers(), 'b': None}
+  )
   chex.assert_trees_all_equal(out, {'w': jnp.zeros((4, 4)), 'b': jnp.ones(4)})
   with pytest.raises(ValueError, match=r"\['b'\]"):
     linalg.map_matrices(lambda m: m, tree)
+
+
+def test_map_matrices_takes_a_layout_object_not_a_mode_name():
+  # linalg never imports sharding: a mode name must be wrapped by the caller.
+  tree = {'w': jnp.ones((2, 3))}
+  with pytest.raises(ValueError, match=r"MatrixSharding\('stacked'\)"):
+    linalg.map_matrices(lambda x: x, tree, sharding='stacked')
+  from optimflow import sharding  # pylint: disable=g-import-not-at-top
+
+  out = linalg.map_matrices(
+    lambda x: 2 * x, tree, sharding=sharding.MatrixSharding('stacked')
+  )
+  assert float(out['w'][0, 0]) == 2.0

@@ -1,4 +1,4 @@
-"""Smoke run of examples/lion_kappa.py: the Lion-kappa constraint claims hold."""
+"""Smoke run of optimflow.lab.examples.lion_kappa: the Lion-kappa constraint claims hold."""
 
 import json
 
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from examples import lion_kappa
+from optimflow.lab.examples import lion_kappa
 
 
 @pytest.fixture(scope='module')
@@ -27,16 +27,20 @@ def test_outputs_written(results):
   saved = json.loads((out / 'results.json').read_text())
   assert saved['smoke'] is True
   assert [r['method'] for r in saved['digits']] == [
-      m.name for m in lion_kappa.digits_methods()]
+    m.name for m in lion_kappa.digits_methods()
+  ]
   assert saved['constraint_demo'] == res['constraint_demo']
 
 
-@pytest.mark.parametrize('method, tol', [
+@pytest.mark.parametrize(
+  'method, tol',
+  [
     ("lion_kappa 'sign'", 1e-3),  # the worst coordinate sits 8e-4 from the box
     ("lion_kappa 'l2'", 1e-5),
     ("lion_kappa ('huber', 0.5)", 1e-4),
     ("lion_kappa ('dead_zone', 0.3)", 1e-3),
-])
+  ],
+)
 def test_each_kappa_lands_on_its_closed_form(results, method, tol):
   row = _row(results[0]['constraint_demo'], method)
   assert row['max err to closed form'] < tol
@@ -67,15 +71,23 @@ def test_box_methods_keep_max_abs_weight_below_inverse_decay(results):
 
 def test_closed_forms():
   c = jnp.array([2.0, -0.2, 0.7, -1.0])
-  np.testing.assert_allclose(lion_kappa.closed_form(c, 'sign', 2.0),
-                             [0.5, -0.2, 0.5, -0.5])
-  np.testing.assert_allclose(lion_kappa.closed_form(c, ('dead_zone', 0.3), 2.0),
-                             [0.5, 0.0, 0.4, -0.5], atol=1e-7)
-  np.testing.assert_allclose(lion_kappa.closed_form(c, ('huber', 1.0), 2.0),
-                             [0.5, -0.2 / 3, 0.7 / 3, -1 / 3], rtol=1e-6)
+  np.testing.assert_allclose(
+    lion_kappa.closed_form(c, 'sign', 2.0), [0.5, -0.2, 0.5, -0.5]
+  )
+  np.testing.assert_allclose(
+    lion_kappa.closed_form(c, ('dead_zone', 0.3), 2.0),
+    [0.5, 0.0, 0.4, -0.5],
+    atol=1e-7,
+  )
+  np.testing.assert_allclose(
+    lion_kappa.closed_form(c, ('huber', 1.0), 2.0),
+    [0.5, -0.2 / 3, 0.7 / 3, -1 / 3],
+    rtol=1e-6,
+  )
   ball = lion_kappa.closed_form(c, 'l2', 2.0)
   np.testing.assert_allclose(jnp.linalg.norm(ball), 0.5, rtol=1e-6)
-  np.testing.assert_allclose(ball / jnp.linalg.norm(ball), c / jnp.linalg.norm(c),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    ball / jnp.linalg.norm(ball), c / jnp.linalg.norm(c), rtol=1e-6
+  )
   with pytest.raises(ValueError, match='closed form'):
     lion_kappa.closed_form(c, ('relativistic', 0.1), 2.0)

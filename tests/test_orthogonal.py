@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 
 import chex
+from flax import nnx
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
-from hypothesis import given, settings, strategies as st
-from hypothesis.extra import numpy as hnp
 
 import optimflow
 from optimflow import linalg
@@ -41,8 +43,15 @@ def ref_newton_schulz5(g, steps=5, eps=1e-7):
 class RefMuon:
   """KellerJordan/Muon ``Muon`` (single device), in numpy."""
 
-  def __init__(self, lr, momentum=0.95, nesterov=True, weight_decay=0.0,
-               ns_steps=5, dtype=np.float32):
+  def __init__(
+    self,
+    lr,
+    momentum=0.95,
+    nesterov=True,
+    weight_decay=0.0,
+    ns_steps=5,
+    dtype=np.float32,
+  ):
     self.lr, self.beta, self.nesterov = lr, momentum, nesterov
     self.wd, self.steps, self.dtype = weight_decay, ns_steps, dtype
     self.buf = {}
@@ -52,7 +61,7 @@ class RefMuon:
     for k, p in params.items():
       g = grads[k]
       buf = self.buf.setdefault(k, np.zeros_like(g))
-      buf += (1 - self.beta) * (g - buf)                  # buf.lerp_(g, 1-b)
+      buf += (1 - self.beta) * (g - buf)  # buf.lerp_(g, 1-b)
       u = g + self.beta * (buf - g) if self.nesterov else buf
       u2 = u.reshape(len(u), -1) if u.ndim == 4 else u
       o = ref_newton_schulz5(u2, self.steps).astype(self.dtype)
@@ -93,23 +102,26 @@ def from_torch(x):
 
 
 def _cosine(a, b):
-  a, b = np.ravel(np.asarray(a, np.float64)), np.ravel(np.asarray(b,
-                                                                 np.float64))
+  a, b = (
+    np.ravel(np.asarray(a, np.float64)),
+    np.ravel(np.asarray(b, np.float64)),
+  )
   return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 KERNELS = {
-    'square': (24, 24),
-    'tall': (64, 16),       # fan_in > fan_out
-    'wide': (16, 64),       # fan_out > fan_in (Gram variant)
-    'conv': (3, 3, 8, 16),  # (h, w, in, out)
+  'square': (24, 24),
+  'tall': (64, 16),  # fan_in > fan_out
+  'wide': (16, 64),  # fan_out > fan_in (Gram variant)
+  'conv': (3, 3, 8, 16),  # (h, w, in, out)
 }
 
 
 def _grads(seed=0):
   keys = jax.random.split(jax.random.key(seed), len(KERNELS))
-  return {n: jax.random.normal(k, s) for (n, s), k in zip(KERNELS.items(),
-                                                           keys)}
+  return {
+    n: jax.random.normal(k, s) for (n, s), k in zip(KERNELS.items(), keys)
+  }
 
 
 # --------------------------------------------------------------------------
@@ -121,8 +133,11 @@ def test_beta_zero_gives_reference_ns5_of_gradient(name):
   g = _grads()[name]
   tx = optimflow.scale_by_muon(beta=0.0)
   u, _ = jax.jit(tx.update)({'w': g}, tx.init({'w': g}))
-  ref = from_torch(ref_newton_schulz5(to_torch(g).reshape(
-      to_torch(g).shape[0], -1)).reshape(to_torch(g).shape))
+  ref = from_torch(
+    ref_newton_schulz5(to_torch(g).reshape(to_torch(g).shape[0], -1)).reshape(
+      to_torch(g).shape
+    )
+  )
   assert _cosine(u['w'], ref) >= 0.9999
   # Keller's width factor: sqrt(max(1, fan_out / fan_in)).
   fan_in = math.prod(g.shape[:-1])
@@ -144,18 +159,27 @@ def test_batched_groups_equal_per_leaf_reference_mode():
 def test_muon_reference_mode_matches_keller_jordan_over_50_steps():
   shapes = dict(KERNELS, bias=(16,))
   keys = iter(jax.random.split(jax.random.key(3), 2 * len(shapes)))
-  targets = {n: np.asarray(jax.random.normal(next(keys), s))
-             for n, s in shapes.items()}
-  params = {n: np.asarray(0.1 * jax.random.normal(next(keys), s))
-            for n, s in shapes.items()}
+  targets = {
+    n: np.asarray(jax.random.normal(next(keys), s)) for n, s in shapes.items()
+  }
+  params = {
+    n: np.asarray(0.1 * jax.random.normal(next(keys), s))
+    for n, s in shapes.items()
+  }
 
   def grad(p):  # of sum_k (1 + k)/2 ||p_k - t_k||^2
     return {n: (1.0 + i) * (p[n] - targets[n]) for i, n in enumerate(p)}
 
   lr, wd, adam_lr = 0.02, 0.1, 1e-2
-  tx = optimflow.muon(lr, weight_decay=wd, adam_learning_rate=adam_lr,
-                      adam_b1=0.9, adam_b2=0.95, adam_eps=1e-10,
-                      reference=True)
+  tx = optimflow.muon(
+    lr,
+    weight_decay=wd,
+    adam_learning_rate=adam_lr,
+    adam_b1=0.9,
+    adam_b2=0.95,
+    adam_eps=1e-10,
+    reference=True,
+  )
   step = jax.jit(lambda p, s: tx.update(grad(p), s, p))
   jp = jax.tree.map(jnp.asarray, params)
   state = tx.init(jp)
@@ -165,26 +189,33 @@ def test_muon_reference_mode_matches_keller_jordan_over_50_steps():
     u, state = step(jp, state)
     jp = optax.apply_updates(jp, u)
     g = grad(fp)
-    new = ref.step({n: to_torch(fp[n]) for n in KERNELS},
-                   {n: to_torch(g[n]) for n in KERNELS})
+    new = ref.step(
+      {n: to_torch(fp[n]) for n in KERNELS},
+      {n: to_torch(g[n]) for n in KERNELS},
+    )
     # MuonWithAuxAdam's AdamW for the bias (bias-corrected; no decay here).
     m = 0.9 * m + 0.1 * g['bias']
     v = 0.95 * v + 0.05 * g['bias'] ** 2
     bias = fp['bias'] - adam_lr * (m / (1 - 0.9**t)) / (
-        np.sqrt(v / (1 - 0.95**t)) + 1e-10)
+      np.sqrt(v / (1 - 0.95**t)) + 1e-10
+    )
     fp = {**{n: from_torch(x) for n, x in new.items()}, 'bias': bias}
   for n in shapes:
-    np.testing.assert_allclose(np.asarray(jp[n]), fp[n], atol=2e-4,
-                               rtol=1e-3, err_msg=n)
+    np.testing.assert_allclose(
+      np.asarray(jp[n]), fp[n], atol=2e-4, rtol=1e-3, err_msg=n
+    )
   # The run moved far from the start: the comparison is not trivial.
   assert np.abs(fp['square'] - params['square']).max() > 0.1
 
 
-@pytest.mark.parametrize('shape_scale,expected', [
+@pytest.mark.parametrize(
+  'shape_scale,expected',
+  [
     ('keller', lambda fi, fo: math.sqrt(max(1, fo / fi))),
     ('moonlight', lambda fi, fo: 0.2 * math.sqrt(max(fi, fo))),
     (None, lambda fi, fo: 1.0),
-])
+  ],
+)
 def test_shape_scale_options(shape_scale, expected):
   grads = {'wide': _grads()['wide'], 'tall': _grads()['tall']}
   plain = optimflow.scale_by_muon(beta=0.0, shape_scale=None)
@@ -218,8 +249,9 @@ def test_bf16_params_use_float32_iteration():
   assert u['w'].dtype == jnp.bfloat16 and state.mu['w'].dtype == jnp.float32
   exact = 2.0 * linalg.orthogonalize(g16.astype(jnp.float32))
   # Within bf16 rounding of the float32 result (a bf16 iteration is ~1e-2).
-  chex.assert_trees_all_close(u['w'].astype(jnp.float32), exact,
-                              atol=4e-3, rtol=1e-2)
+  chex.assert_trees_all_close(
+    u['w'].astype(jnp.float32), exact, atol=4e-3, rtol=1e-2
+  )
 
 
 def test_scanned_layers_with_dimension_numbers():
@@ -236,10 +268,14 @@ def test_scanned_layers_with_dimension_numbers():
 
 
 @settings(max_examples=30, deadline=None)
-@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2,
-                                                min_side=1, max_side=12),
-                  elements=st.floats(-10, 10, width=32)),
-       st.floats(0.0, 3.0))
+@given(
+  hnp.arrays(
+    np.float32,
+    hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
+    elements=st.floats(-10, 10, width=32),
+  ),
+  st.floats(0.0, 3.0),
+)
 def test_cosh_rms_bounds(x, gamma):
   """For ||X||_F = 1: 1 <= r <= sqrt(1 + sinh(gamma)^2 / N)."""
   norm = np.linalg.norm(x)
@@ -254,28 +290,36 @@ def test_cosh_rms_bounds(x, gamma):
 
 
 @pytest.mark.parametrize('name', ['square', 'wide', 'tall'])
-@pytest.mark.parametrize('kwargs', [
-    {},                                         # paper AuON
-    dict(gamma=1.5, normalize=False),           # authors' code
-    dict(ns_steps=1),                           # Hybrid-AuON (paper)
+@pytest.mark.parametrize(
+  'kwargs',
+  [
+    {},  # paper AuON
+    dict(gamma=1.5, normalize=False),  # authors' code
+    dict(ns_steps=1),  # Hybrid-AuON (paper)
     dict(ns_steps=5, gamma=1.5, normalize=False),
-])
+  ],
+)
 def test_auon_matches_reference(name, kwargs):
   g = _grads(7)[name]
   tx = optimflow.scale_by_auon(beta=0.0, shape_scale=None, **kwargs)
   u, _ = jax.jit(tx.update)({'w': g}, tx.init({'w': g}))
   ref = ref_auon_direction(g, **kwargs)
-  np.testing.assert_allclose(np.asarray(u['w']), ref, rtol=1e-4,
-                             atol=1e-4 * np.abs(ref).max())
+  np.testing.assert_allclose(
+    np.asarray(u['w']), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max()
+  )
 
 
 def test_paper_auon_is_frobenius_normalised_momentum():
   g = _grads(8)['square']
   u, _ = optimflow.scale_by_auon(beta=0.0, shape_scale=None).update(
-      {'w': g}, optimflow.scale_by_auon().init({'w': g}))
+    {'w': g}, optimflow.scale_by_auon().init({'w': g})
+  )
   n = g.size
-  assert 1 / math.sqrt(1 + math.sinh(1) ** 2 / n) <= float(
-      jnp.linalg.norm(u['w'])) <= 1.0
+  assert (
+    1 / math.sqrt(1 + math.sinh(1) ** 2 / n)
+    <= float(jnp.linalg.norm(u['w']))
+    <= 1.0
+  )
   assert _cosine(u['w'], g) > 0.99999
 
 
@@ -295,29 +339,34 @@ def test_hybrid_auon_is_auon_with_one_ns_step():
 
 def _net():
   return {
-      'embed': {'embedding': jnp.ones((50, 8))},
-      'block': {'attn': {'query': jnp.ones((8, 8))},
-                'mlp': {'kernel': jnp.ones((8, 32)), 'bias': jnp.ones(32)},
-                'ln': {'scale': jnp.ones(8)}},
-      'lm_head': {'kernel': jnp.ones((8, 50))},
-      'multihead': {'kernel': jnp.ones((8, 8))},
-      'temperature': jnp.ones(()),
+    'embed': {'embedding': jnp.ones((50, 8))},
+    'block': {
+      'attn': {'query': jnp.ones((8, 8))},
+      'mlp': {'kernel': jnp.ones((8, 32)), 'bias': jnp.ones(32)},
+      'ln': {'scale': jnp.ones(8)},
+    },
+    'lm_head': {'kernel': jnp.ones((8, 50))},
+    'multihead': {'kernel': jnp.ones((8, 8))},
+    'temperature': jnp.ones(()),
   }
 
 
 def test_default_routing():
   labels = orthogonal.matrix_labels()(_net())
   assert labels == {
-      'embed': {'embedding': 'other'},
-      'block': {'attn': {'query': 'matrix'},
-                'mlp': {'kernel': 'matrix', 'bias': 'other'},
-                'ln': {'scale': 'other'}},
-      'lm_head': {'kernel': 'other'},
-      'multihead': {'kernel': 'matrix'},
-      'temperature': 'other',
+    'embed': {'embedding': 'other'},
+    'block': {
+      'attn': {'query': 'matrix'},
+      'mlp': {'kernel': 'matrix', 'bias': 'other'},
+      'ln': {'scale': 'other'},
+    },
+    'lm_head': {'kernel': 'other'},
+    'multihead': {'kernel': 'matrix'},
+    'temperature': 'other',
   }
   custom = orthogonal.matrix_labels(
-      orthogonal.default_matrix_filter(exclude=('mlp',)))(_net())
+    orthogonal.default_matrix_filter(exclude=('mlp',))
+  )(_net())
   assert custom['block']['mlp']['kernel'] == 'other'
   assert custom['lm_head']['kernel'] == 'matrix'
 
@@ -328,19 +377,21 @@ def test_muon_updates_each_branch_as_documented():
   tx = optimflow.muon(0.02, adam_learning_rate=1e-3, weight_decay=0.1)
   u, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   # AdamW's first step is -lr * sign(g) (and no decay by default).
-  chex.assert_trees_all_close(u['embed']['embedding'],
-                              jnp.full((50, 8), -1e-3), rtol=1e-4)
-  chex.assert_trees_all_close(u['block']['mlp']['bias'],
-                              jnp.full(32, -1e-3), rtol=1e-4)
+  chex.assert_trees_all_close(
+    u['embed']['embedding'], jnp.full((50, 8), -1e-3), rtol=1e-4
+  )
+  chex.assert_trees_all_close(
+    u['block']['mlp']['bias'], jnp.full(32, -1e-3), rtol=1e-4
+  )
   # Muon: -lr (2 * NS5(G / ||G||) + wd p) for the (8, 32) kernel.
   ns = 2.0 * linalg.orthogonalize(grads['block']['mlp']['kernel'])
-  chex.assert_trees_all_close(u['block']['mlp']['kernel'],
-                              -0.02 * (ns + 0.1), atol=1e-6)
+  chex.assert_trees_all_close(
+    u['block']['mlp']['kernel'], -0.02 * (ns + 0.1), atol=1e-6
+  )
 
 
 def test_nnx_optimizer_paths_route_like_plain_dicts():
   class Net(nnx.Module):
-
     def __init__(self, rngs):
       self.embed = nnx.Embed(20, 8, rngs=rngs)
       self.hidden = nnx.Linear(8, 8, rngs=rngs)
@@ -354,8 +405,9 @@ def test_nnx_optimizer_paths_route_like_plain_dicts():
   assert labels['hidden']['kernel'].get_value() == 'matrix'
   assert labels['embed']['embedding'].get_value() == 'other'
   assert labels['head']['kernel'].get_value() == 'other'
-  opt = nnx.Optimizer(model, optimflow.muon(0.05, adam_learning_rate=2e-2),
-                      wrt=nnx.Param)
+  opt = nnx.Optimizer(
+    model, optimflow.muon(0.05, adam_learning_rate=2e-2), wrt=nnx.Param
+  )
   x = jnp.arange(6) % 20
   loss = lambda m: jnp.mean(jax.nn.logsumexp(m(x), -1) - m(x)[jnp.arange(6), x])
   before = loss(model)
@@ -370,8 +422,11 @@ def test_nnx_optimizer_paths_route_like_plain_dicts():
 
 
 def test_dimension_number_tree_routes_none_to_adamw():
-  params = {'w': jnp.ones((8, 8)), 'scan': jnp.ones((2, 8, 16)),
-            'b': jnp.ones(8)}
+  params = {
+    'w': jnp.ones((8, 8)),
+    'scan': jnp.ones((2, 8, 16)),
+    'b': jnp.ones(8),
+  }
   dims = {'w': None, 'scan': linalg.flax_dimension_numbers(3, 1), 'b': None}
   labels = orthogonal.matrix_labels(dimension_numbers=dims)(params)
   assert labels == {'w': 'other', 'scan': 'matrix', 'b': 'other'}
@@ -384,9 +439,12 @@ def test_dimension_number_tree_routes_none_to_adamw():
 # Bad input.
 
 
-@pytest.mark.parametrize('factory', [optimflow.scale_by_muon,
-                                     lambda **k: optimflow.muon(0.02, **k)])
-@pytest.mark.parametrize('kwargs,match', [
+@pytest.mark.parametrize(
+  'factory', [optimflow.scale_by_muon, lambda **k: optimflow.muon(0.02, **k)]
+)
+@pytest.mark.parametrize(
+  'kwargs,match',
+  [
     (dict(ns_steps=0), 'ns_steps'),
     (dict(ns_steps=2.5), 'ns_steps'),
     (dict(ns_steps=True), 'ns_steps'),
@@ -395,20 +453,24 @@ def test_dimension_number_tree_routes_none_to_adamw():
     (dict(shape_scale='spectral'), 'shape_scale'),
     (dict(ns_coeffs=(1.0, 2.0)), 'ns_coeffs'),
     (dict(eps=-1.0), 'eps'),
-])
+  ],
+)
 def test_bad_hyperparameters(factory, kwargs, match):
   with pytest.raises(ValueError, match=match):
     factory(**kwargs)
 
 
-@pytest.mark.parametrize('factory,kwargs,match', [
+@pytest.mark.parametrize(
+  'factory,kwargs,match',
+  [
     (optimflow.auon, dict(ns_steps=-1), 'ns_steps'),
     (optimflow.auon, dict(gamma=-1.0), 'gamma'),
     (optimflow.hybrid_auon, dict(ns_steps=0), 'ns_steps'),
     (optimflow.auon, dict(beta=1.5), 'beta'),
     (optimflow.muon, dict(adam_b2=1.0), 'adam_b2'),
     (optimflow.muon, dict(learning_rate=-1.0), 'learning_rate'),
-])
+  ],
+)
 def test_bad_alias_hyperparameters(factory, kwargs, match):
   kwargs = {'learning_rate': 0.02, **kwargs}
   with pytest.raises(ValueError, match=match):

@@ -1,11 +1,11 @@
-"""Smoke run of examples/orthogonal.py: outputs written, runs sane."""
+"""Smoke run of optimflow.lab.examples.orthogonal: outputs written, runs sane."""
 
 import json
 import math
 
 import pytest
 
-from examples import orthogonal as example
+from optimflow.lab.examples import orthogonal as example
 
 METHODS = ['adamw', 'muon', 'auon', 'hybrid_auon']
 

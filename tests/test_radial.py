@@ -14,12 +14,14 @@ from __future__ import annotations
 import itertools
 
 import chex
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings, strategies as st
 
 import optimflow
 from optimflow import radial
@@ -31,13 +33,13 @@ RTOL = 1e-5
 # The parity problem (Flax layouts).
 
 SHAPES = {
-    'chan': (6, 4),  # Dense kernel, per-channel scale-invariant loss
-    'conv': (3, 3, 2, 5),  # Conv kernel, whole-layer scale-invariant loss
-    'conv_ls': (2, 2, 3, 4),  # Conv kernel, least squares: never fires
-    'dense_ls': (5, 3),  # Dense kernel, least squares
-    'zero': (4, 3),  # zero-initialised Dense kernel, least squares
-    'bias': (4,),
-    'bias2': (5,),
+  'chan': (6, 4),  # Dense kernel, per-channel scale-invariant loss
+  'conv': (3, 3, 2, 5),  # Conv kernel, whole-layer scale-invariant loss
+  'conv_ls': (2, 2, 3, 4),  # Conv kernel, least squares: never fires
+  'dense_ls': (5, 3),  # Dense kernel, least squares
+  'zero': (4, 3),  # zero-initialised Dense kernel, least squares
+  'bias': (4,),
+  'bias2': (5,),
 }
 
 
@@ -47,16 +49,18 @@ def _problem(seed=0):
   params = {k: rng.normal(size=s) for k, s in SHAPES.items()}
   params['zero'] = np.zeros(SHAPES['zero'])
   data = {
-      'a': rng.normal(size=(8, 6)),
-      'y': rng.normal(size=(8, 4)),
-      'b': rng.normal(size=(7, 90)),
-      'z': rng.normal(size=(7,)),
-      # Targets roughly along the start (4 w0 + noise): on the way there the
-      # gradient stays far from orthogonal to w, so the test never passes.
-      'targets': {k: 4.0 * params[k] + 0.5 * rng.normal(size=SHAPES[k])
-                  for k in ('conv_ls', 'dense_ls', 'bias', 'bias2')},
-      'x': rng.normal(size=(9, 4)),
-      'yz': rng.normal(size=(9, 3)),
+    'a': rng.normal(size=(8, 6)),
+    'y': rng.normal(size=(8, 4)),
+    'b': rng.normal(size=(7, 90)),
+    'z': rng.normal(size=(7,)),
+    # Targets roughly along the start (4 w0 + noise): on the way there the
+    # gradient stays far from orthogonal to w, so the test never passes.
+    'targets': {
+      k: 4.0 * params[k] + 0.5 * rng.normal(size=SHAPES[k])
+      for k in ('conv_ls', 'dense_ls', 'bias', 'bias2')
+    },
+    'x': rng.normal(size=(9, 4)),
+    'yz': rng.normal(size=(9, 3)),
   }
 
   def loss(p):
@@ -134,15 +138,21 @@ def _run_parity(make_ours, make_ref, layout='flax'):
     ours = jax.tree.map(jnp.asarray, ours0)
     state = tx.init(ours)
     names = sorted(params0)
-    ref = [torch.tensor(np.ascontiguousarray(_to_torch_layout(params0[k])),
-                        dtype=torch.float64, requires_grad=True)
-           for k in names]
+    ref = [
+      torch.tensor(
+        np.ascontiguousarray(_to_torch_layout(params0[k])),
+        dtype=torch.float64,
+        requires_grad=True,
+      )
+      for k in names
+    ]
     opt = make_ref(ref)
     worst = 0.0
     fired = {k: set() for k in names}
     for _ in range(STEPS):
-      flax_now = {k: _to_flax_layout(r.detach().numpy()) for k, r in
-                  zip(names, ref)}
+      flax_now = {
+        k: _to_flax_layout(r.detach().numpy()) for k, r in zip(names, ref)
+      }
       grads = jax.tree.map(np.asarray, flax_grad(flax_now))
       for k in names:
         fired[k].add(_fires(grads[k], flax_now[k]))
@@ -174,37 +184,60 @@ ADAMP_CASES = list(itertools.product([False, True], [0.0, 0.3]))
 @pytest.mark.parametrize('nesterov,weight_decay', ADAMP_CASES)
 def test_adamp_matches_reference(nesterov, weight_decay):
   adamp_ref = pytest.importorskip('adamp')
-  kw = dict(b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay, delta=0.1,
-            wd_ratio=0.1, nesterov=nesterov)
+  kw = dict(
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=weight_decay,
+    delta=0.1,
+    wd_ratio=0.1,
+    nesterov=nesterov,
+  )
   worst, fired = _run_parity(
-      lambda: optimflow.adamp(1e-2, **kw),
-      lambda ps: adamp_ref.AdamP(
-          ps, lr=1e-2, betas=(kw['b1'], kw['b2']), eps=kw['eps'],
-          weight_decay=weight_decay, delta=0.1, wd_ratio=0.1,
-          nesterov=nesterov),
+    lambda: optimflow.adamp(1e-2, **kw),
+    lambda ps: adamp_ref.AdamP(
+      ps,
+      lr=1e-2,
+      betas=(kw['b1'], kw['b2']),
+      eps=kw['eps'],
+      weight_decay=weight_decay,
+      delta=0.1,
+      wd_ratio=0.1,
+      nesterov=nesterov,
+    ),
   )
   assert worst <= RTOL, worst
   _check_firing_coverage(fired)
 
 
 SGDP_CASES = [
-    (momentum, dampening, nesterov, wd)
-    for momentum, dampening, nesterov in [
-        (0.0, 0.0, False), (0.0, 0.5, False), (0.9, 0.0, False),
-        (0.9, 0.5, False), (0.9, 0.0, True)]
-    for wd in (0.0, 0.3)
+  (momentum, dampening, nesterov, wd)
+  for momentum, dampening, nesterov in [
+    (0.0, 0.0, False),
+    (0.0, 0.5, False),
+    (0.9, 0.0, False),
+    (0.9, 0.5, False),
+    (0.9, 0.0, True),
+  ]
+  for wd in (0.0, 0.3)
 ]
 
 
-@pytest.mark.parametrize('momentum,dampening,nesterov,weight_decay',
-                         SGDP_CASES)
+@pytest.mark.parametrize('momentum,dampening,nesterov,weight_decay', SGDP_CASES)
 def test_sgdp_matches_reference(momentum, dampening, nesterov, weight_decay):
   adamp_ref = pytest.importorskip('adamp')
-  kw = dict(momentum=momentum, dampening=dampening, nesterov=nesterov,
-            weight_decay=weight_decay, eps=1e-8, delta=0.1, wd_ratio=0.1)
+  kw = dict(
+    momentum=momentum,
+    dampening=dampening,
+    nesterov=nesterov,
+    weight_decay=weight_decay,
+    eps=1e-8,
+    delta=0.1,
+    wd_ratio=0.1,
+  )
   worst, fired = _run_parity(
-      lambda: optimflow.sgdp(0.02, **kw),
-      lambda ps: adamp_ref.SGDP(ps, lr=0.02, **kw),
+    lambda: optimflow.sgdp(0.02, **kw),
+    lambda ps: adamp_ref.SGDP(ps, lr=0.02, **kw),
   )
   assert worst <= RTOL, worst
   _check_firing_coverage(fired)
@@ -213,19 +246,20 @@ def test_sgdp_matches_reference(momentum, dampening, nesterov, weight_decay):
 def test_channel_axis_zero_matches_reference_on_torch_layout():
   adamp_ref = pytest.importorskip('adamp')
   worst, fired = _run_parity(
-      lambda: optimflow.adamp(1e-2, weight_decay=0.3, nesterov=True,
-                              channel_axis=0),
-      lambda ps: adamp_ref.AdamP(ps, lr=1e-2, weight_decay=0.3,
-                                 nesterov=True),
-      layout='torch',
+    lambda: optimflow.adamp(
+      1e-2, weight_decay=0.3, nesterov=True, channel_axis=0
+    ),
+    lambda ps: adamp_ref.AdamP(ps, lr=1e-2, weight_decay=0.3, nesterov=True),
+    layout='torch',
   )
   assert worst <= RTOL, worst
   _check_firing_coverage(fired)
   worst, _ = _run_parity(
-      lambda: optimflow.sgdp(0.02, momentum=0.9, weight_decay=0.3,
-                             channel_axis=0),
-      lambda ps: adamp_ref.SGDP(ps, lr=0.02, momentum=0.9, weight_decay=0.3),
-      layout='torch',
+    lambda: optimflow.sgdp(
+      0.02, momentum=0.9, weight_decay=0.3, channel_axis=0
+    ),
+    lambda ps: adamp_ref.SGDP(ps, lr=0.02, momentum=0.9, weight_decay=0.3),
+    layout='torch',
   )
   assert worst <= RTOL, worst
 
@@ -263,7 +297,8 @@ def test_cosine_eps_clamps_each_norm_like_current_torch():
   torch = pytest.importorskip('torch')
   row = np.array([[1e-5, 0.0]])
   cos = torch.nn.functional.cosine_similarity(
-      torch.tensor(row), torch.tensor(row), dim=1, eps=1e-8)
+    torch.tensor(row), torch.tensor(row), dim=1, eps=1e-8
+  )
   np.testing.assert_allclose(cos.numpy(), [1.0], rtol=1e-12)
   with jax.enable_x64(True):
     w = jnp.asarray(row.T)  # one channel of length 2 (Flax layout)
@@ -281,12 +316,16 @@ def test_cosine_eps_clamps_each_norm_like_current_torch():
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_zero_kernel_is_finite_and_decay_uses_wd_ratio(dtype):
   w = {'kernel': jnp.zeros((4, 3), dtype), 'bias': jnp.zeros(3, dtype)}
-  g = {'kernel': jnp.arange(12.0).reshape(4, 3).astype(dtype) - 5,
-       'bias': jnp.ones(3, dtype)}
+  g = {
+    'kernel': jnp.arange(12.0).reshape(4, 3).astype(dtype) - 5,
+    'bias': jnp.ones(3, dtype),
+  }
   for tx, plain in [
-      (optimflow.adamp(0.1, weight_decay=0.5), optax.adam(0.1)),
-      (optimflow.sgdp(0.1, momentum=0.9, weight_decay=0.5),
-       optax.sgd(0.1, momentum=0.9)),
+    (optimflow.adamp(0.1, weight_decay=0.5), optax.adam(0.1)),
+    (
+      optimflow.sgdp(0.1, momentum=0.9, weight_decay=0.5),
+      optax.sgd(0.1, momentum=0.9),
+    ),
   ]:
     u, _ = jax.jit(tx.update)(g, tx.init(w), w)
     chex.assert_tree_all_finite(u)
@@ -298,19 +337,23 @@ def test_zero_kernel_is_finite_and_decay_uses_wd_ratio(dtype):
     expected, _ = plain.update(g32, plain.init(w32), w32)
     # Moments are stored in the params' dtype (as optax does): ~1% in fp16.
     chex.assert_trees_all_close(
-        optax.tree.cast(u, jnp.float32), expected,
-        rtol=2e-2 if dtype != jnp.float32 else 2e-5)
+      optax.tree.cast(u, jnp.float32),
+      expected,
+      rtol=2e-2 if dtype != jnp.float32 else 2e-5,
+    )
   # The zero kernel fired; a unit kernel with a parallel gradient does not:
   # their decays differ by wd_ratio.
   ones = {'kernel': jnp.ones((4, 3)), 'bias': jnp.ones(3)}
   zero_g = jax.tree.map(jnp.zeros_like, ones)
   tx = optimflow.sgdp(1.0, weight_decay=0.5, wd_ratio=0.1)
   u, _ = tx.update(zero_g, tx.init(ones), ones)  # g = 0: cos 0, fires
-  chex.assert_trees_all_close(u, {'kernel': -0.05 * ones['kernel'],
-                                  'bias': -0.5 * ones['bias']})
+  chex.assert_trees_all_close(
+    u, {'kernel': -0.05 * ones['kernel'], 'bias': -0.5 * ones['bias']}
+  )
   u, _ = tx.update(ones, tx.init(ones), ones)  # g || w: never fires
-  chex.assert_trees_all_close(u, {'kernel': -1.5 * ones['kernel'],
-                                  'bias': -1.5 * ones['bias']})
+  chex.assert_trees_all_close(
+    u, {'kernel': -1.5 * ones['kernel'], 'bias': -1.5 * ones['bias']}
+  )
 
 
 def test_projection_runs_in_float32_for_low_precision():
@@ -320,8 +363,7 @@ def test_projection_runs_in_float32_for_low_precision():
   for dtype in (jnp.bfloat16, jnp.float16):
     low = [x.astype(dtype) for x in (u, g, w)]
     got, fired = optimflow.radial_projection(*low)
-    want, _ = optimflow.radial_projection(*(x.astype(jnp.float32)
-                                            for x in low))
+    want, _ = optimflow.radial_projection(*(x.astype(jnp.float32) for x in low))
     assert got.dtype == jnp.float32 and bool(fired)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
@@ -331,17 +373,16 @@ def test_projection_runs_in_float32_for_low_precision():
 
 
 def _orthogonal_per_channel(g, w):
-  return g - w * jnp.sum(g * w, axis=tuple(range(w.ndim - 1)),
-                         keepdims=True) / jnp.sum(
-                             w * w, axis=tuple(range(w.ndim - 1)),
-                             keepdims=True)
+  return g - w * jnp.sum(
+    g * w, axis=tuple(range(w.ndim - 1)), keepdims=True
+  ) / jnp.sum(w * w, axis=tuple(range(w.ndim - 1)), keepdims=True)
 
 
 @settings(max_examples=20, deadline=None)
 @given(
-    shape=st.sampled_from([(7, 3), (3, 3, 4, 5), (2, 6), (5, 1)]),
-    seed=st.integers(0, 2**16),
-    layer=st.booleans(),
+  shape=st.sampled_from([(7, 3), (3, 3, 4, 5), (2, 6), (5, 1)]),
+  seed=st.integers(0, 2**16),
+  layer=st.booleans(),
 )
 def test_projected_update_is_orthogonal_to_weight(shape, seed, layer):
   kw, kg, ku = jax.random.split(jax.random.key(seed), 3)
@@ -359,7 +400,8 @@ def test_projected_update_is_orthogonal_to_weight(shape, seed, layer):
   if channel_fired:
     inner = jnp.sum(p * w, axis=red)
     scale = jnp.linalg.norm(u.reshape(-1, shape[-1]), axis=0) * jnp.linalg.norm(
-        w.reshape(-1, shape[-1]), axis=0)
+      w.reshape(-1, shape[-1]), axis=0
+    )
   else:
     inner = jnp.vdot(p, w)
     scale = jnp.linalg.norm(u) * jnp.linalg.norm(w)
@@ -369,7 +411,8 @@ def test_projected_update_is_orthogonal_to_weight(shape, seed, layer):
 
 def _channel_test_fires(g, w):
   return _fires(np.asarray(g, np.float64), np.asarray(w, np.float64)) == (
-      'channel')
+    'channel'
+  )
 
 
 def test_fires_on_scale_invariant_loss_not_on_least_squares():
@@ -389,13 +432,17 @@ def test_fires_on_scale_invariant_loss_not_on_least_squares():
   tx = optimflow.adamp(1e-2)
   state = tx.init(w)
   w_inv, w_ls = w, w
-  state_ls, adam, adam_state = tx.init(w), optax.adam(1e-2), optax.adam(
-      1e-2).init(w)
+  state_ls, adam, adam_state = (
+    tx.init(w),
+    optax.adam(1e-2),
+    optax.adam(1e-2).init(w),
+  )
   update = jax.jit(tx.update)
   for _ in range(5):
     upd, state = update(jax.grad(invariant)(w_inv), state, w_inv)
     assert abs(float(jnp.vdot(upd, w_inv))) < 1e-5 * float(
-        jnp.linalg.norm(upd) * jnp.linalg.norm(w_inv))
+      jnp.linalg.norm(upd) * jnp.linalg.norm(w_inv)
+    )
     w_inv = w_inv + upd
     g = jax.grad(least_squares)(w_ls)
     upd, state_ls = update(g, state_ls, w_ls)
@@ -420,8 +467,9 @@ def test_masks():
   g = {'k': jnp.array([[2.0], [-1.0]]), 'b': jnp.array([1.0])}
   full = optimflow.adamp(0.1, weight_decay=0.2)
   no_k = optimflow.adamp(0.1, weight_decay=0.2, mask={'k': False, 'b': True})
-  by_fn = optimflow.adamp(0.1, weight_decay=0.2,
-                          mask=lambda p: jax.tree.map(lambda x: x.ndim < 2, p))
+  by_fn = optimflow.adamp(
+    0.1, weight_decay=0.2, mask=lambda p: jax.tree.map(lambda x: x.ndim < 2, p)
+  )
   adamw = optax.adamw(0.1, weight_decay=0.2)
   u_full, _ = full.update(g, full.init(w), w)
   u_no_k, _ = no_k.update(g, no_k.init(w), w)
@@ -430,13 +478,16 @@ def test_masks():
   # rtol: optax's float32 1 - b2**t is off by ~1e-5 (see above).
   chex.assert_trees_all_close(u_no_k, u_adamw, rtol=2e-5)
   chex.assert_trees_all_close(u_fn, u_adamw, rtol=2e-5)
-  assert abs(float(jnp.vdot(u_full['k'] + 0.1 * 0.2 * 0.1 * w['k'],
-                            w['k']))) < 1e-6
-  decay_only_b = optimflow.adamp(0.1, weight_decay=0.2,
-                                 weight_decay_mask={'k': False, 'b': True})
+  assert (
+    abs(float(jnp.vdot(u_full['k'] + 0.1 * 0.2 * 0.1 * w['k'], w['k']))) < 1e-6
+  )
+  decay_only_b = optimflow.adamp(
+    0.1, weight_decay=0.2, weight_decay_mask={'k': False, 'b': True}
+  )
   u_d, _ = decay_only_b.update(g, decay_only_b.init(w), w)
-  np.testing.assert_allclose(u_d['k'], u_full['k'] + 0.1 * 0.2 * 0.1 * w['k'],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    u_d['k'], u_full['k'] + 0.1 * 0.2 * 0.1 * w['k'], rtol=1e-6
+  )
   np.testing.assert_allclose(u_d['b'], u_full['b'], rtol=1e-6)
 
 
@@ -447,8 +498,9 @@ def test_traced_hyperparameters():
 
   @jax.jit
   def run(delta, wd_ratio, momentum):
-    tx = optimflow.sgdp(1.0, momentum=momentum, weight_decay=1.0,
-                        delta=delta, wd_ratio=wd_ratio)
+    tx = optimflow.sgdp(
+      1.0, momentum=momentum, weight_decay=1.0, delta=delta, wd_ratio=wd_ratio
+    )
     return tx.update(g, tx.init(w), w)[0]
 
   fired = run(0.1, 0.5, 0.5)  # fires: decay lambda * 0.5 / (1 - 0.5)
@@ -464,30 +516,34 @@ def test_traced_hyperparameters():
 
 
 BAD = [
-    (optimflow.adamp, dict(delta=0.0), 'delta'),
-    (optimflow.adamp, dict(delta=-1.0), 'delta'),
-    (optimflow.adamp, dict(wd_ratio=-0.1), 'wd_ratio'),
-    (optimflow.adamp, dict(wd_ratio=1.5), 'wd_ratio'),
-    (optimflow.adamp, dict(eps=0.0), 'eps'),
-    (optimflow.adamp, dict(b1=1.0), 'b1'),
-    (optimflow.adamp, dict(b2=-0.1), 'b2'),
-    (optimflow.adamp, dict(weight_decay=-1.0), 'weight_decay'),
-    (optimflow.adamp, dict(learning_rate=-1.0), 'learning_rate'),
-    (optimflow.adamp, dict(channel_axis=1.5), 'channel_axis'),
-    (optimflow.sgdp, dict(momentum=1.0), 'momentum'),
-    (optimflow.sgdp, dict(momentum=-0.1), 'momentum'),
-    (optimflow.sgdp, dict(dampening=1.5), 'dampening'),
-    (optimflow.sgdp, dict(nesterov=True), 'momentum'),
-    (optimflow.sgdp, dict(nesterov=True, momentum=0.9, dampening=0.1),
-     'dampening'),
-    (optimflow.sgdp, dict(eps=-1e-8), 'eps'),
-    (optimflow.sgdp, dict(delta=0.0), 'delta'),
-    (optimflow.sgdp, dict(wd_ratio=2.0), 'wd_ratio'),
+  (optimflow.adamp, dict(delta=0.0), 'delta'),
+  (optimflow.adamp, dict(delta=-1.0), 'delta'),
+  (optimflow.adamp, dict(wd_ratio=-0.1), 'wd_ratio'),
+  (optimflow.adamp, dict(wd_ratio=1.5), 'wd_ratio'),
+  (optimflow.adamp, dict(eps=0.0), 'eps'),
+  (optimflow.adamp, dict(b1=1.0), 'b1'),
+  (optimflow.adamp, dict(b2=-0.1), 'b2'),
+  (optimflow.adamp, dict(weight_decay=-1.0), 'weight_decay'),
+  (optimflow.adamp, dict(learning_rate=-1.0), 'learning_rate'),
+  (optimflow.adamp, dict(channel_axis=1.5), 'channel_axis'),
+  (optimflow.sgdp, dict(momentum=1.0), 'momentum'),
+  (optimflow.sgdp, dict(momentum=-0.1), 'momentum'),
+  (optimflow.sgdp, dict(dampening=1.5), 'dampening'),
+  (optimflow.sgdp, dict(nesterov=True), 'momentum'),
+  (
+    optimflow.sgdp,
+    dict(nesterov=True, momentum=0.9, dampening=0.1),
+    'dampening',
+  ),
+  (optimflow.sgdp, dict(eps=-1e-8), 'eps'),
+  (optimflow.sgdp, dict(delta=0.0), 'delta'),
+  (optimflow.sgdp, dict(wd_ratio=2.0), 'wd_ratio'),
 ]
 
 
-@pytest.mark.parametrize('factory,kwargs,name', BAD,
-                         ids=[f'{f.__name__}-{k}' for f, k, _ in BAD])
+@pytest.mark.parametrize(
+  'factory,kwargs,name', BAD, ids=[f'{f.__name__}-{k}' for f, k, _ in BAD]
+)
 def test_bad_input_raises(factory, kwargs, name):
   kwargs = {'learning_rate': 0.1, **kwargs}
   with pytest.raises(ValueError, match=name):
@@ -507,10 +563,14 @@ def test_scale_by_building_blocks_compose():
   w = {'k': jnp.ones((3, 2))}
   g = {'k': jnp.arange(6.0).reshape(3, 2)}
   for alias, block in [
-      (optimflow.adamp(0.1, weight_decay=0.1),
-       radial.scale_by_adamp(weight_decay=0.1)),
-      (optimflow.sgdp(0.1, momentum=0.9, weight_decay=0.1),
-       radial.scale_by_sgdp(momentum=0.9, weight_decay=0.1)),
+    (
+      optimflow.adamp(0.1, weight_decay=0.1),
+      radial.scale_by_adamp(weight_decay=0.1),
+    ),
+    (
+      optimflow.sgdp(0.1, momentum=0.9, weight_decay=0.1),
+      radial.scale_by_sgdp(momentum=0.9, weight_decay=0.1),
+    ),
   ]:
     u1, _ = alias.update(g, alias.init(w), w)
     u2, _ = block.update(g, block.init(w), w)

@@ -10,15 +10,14 @@ Newton-Schulz read from the compiled HLO, and the layout helpers.
 
 from __future__ import annotations
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import optax
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import optimflow
 from optimflow import catalog
@@ -26,7 +25,8 @@ from optimflow import linalg
 from optimflow import sharding
 
 pytestmark = pytest.mark.skipif(
-    len(jax.devices()) < 8, reason='needs 8 host devices (set by conftest.py)')
+  len(jax.devices()) < 8, reason='needs 8 host devices (set by conftest.py)'
+)
 
 STEPS = 3
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -40,32 +40,39 @@ def _mesh(axis_type):
 def _tree(fn):
   """A small transformer-like tree: several same-shape hidden matrices."""
   return {
-      'embed': fn((32, 16)),
-      'blocks': [
-          {'attn': {'kernel': fn((16, 16))},
-           'up': {'kernel': fn((16, 32)), 'bias': fn((32,))},
-           'down': {'kernel': fn((32, 16))}}
-          for _ in range(2)
-      ],
-      'conv': {'kernel': fn((3, 3, 4, 8))},
-      'ln': {'scale': fn((16,))},
-      'head': {'kernel': fn((16, 8))},
-      'scalar': fn(()),
+    'embed': fn((32, 16)),
+    'blocks': [
+      {
+        'attn': {'kernel': fn((16, 16))},
+        'up': {'kernel': fn((16, 32)), 'bias': fn((32,))},
+        'down': {'kernel': fn((32, 16))},
+      }
+      for _ in range(2)
+    ],
+    'conv': {'kernel': fn((3, 3, 4, 8))},
+    'ln': {'scale': fn((16,))},
+    'head': {'kernel': fn((16, 8))},
+    'scalar': fn(()),
   }
 
 
 def _problem():
-  leaves, treedef = jax.tree.flatten(_tree(lambda s: s),
-                                     is_leaf=lambda s: isinstance(s, tuple))
+  leaves, treedef = jax.tree.flatten(
+    _tree(lambda s: s), is_leaf=lambda s: isinstance(s, tuple)
+  )
   keys = jax.random.split(jax.random.key(0), 2 * len(leaves))
   params = treedef.unflatten(
-      [jax.random.normal(k, s) for k, s in zip(keys, leaves)])
+    [jax.random.normal(k, s) for k, s in zip(keys, leaves)]
+  )
   target = treedef.unflatten(
-      [jax.random.normal(k, s) for k, s in zip(keys[len(leaves):], leaves)])
+    [jax.random.normal(k, s) for k, s in zip(keys[len(leaves) :], leaves)]
+  )
 
   def loss(p):
-    return sum(jnp.sum(jnp.square(a - b)) for a, b in
-               zip(jax.tree.leaves(p), jax.tree.leaves(target)))
+    return sum(
+      jnp.sum(jnp.square(a - b))
+      for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(target))
+    )
 
   return params, loss
 
@@ -75,9 +82,9 @@ def _mixed_specs(params):
   mesh = _mesh(AxisType.Explicit)
   specs = sharding.fsdp_specs(params, mesh)
   specs['blocks'][1] = {
-      'attn': {'kernel': P('data', 'model')},
-      'up': {'kernel': P('data', 'model'), 'bias': P('model')},
-      'down': {'kernel': P('model', 'data')},
+    'attn': {'kernel': P('data', 'model')},
+    'up': {'kernel': P('data', 'model'), 'bias': P('model')},
+    'down': {'kernel': P('model', 'data')},
   }
   specs['conv'] = {'kernel': P(None, None, 'data', 'model')}
   specs['head'] = {'kernel': P(None, 'data')}
@@ -132,14 +139,21 @@ def _run_auto(tx, params, loss, extra, specs):
   s_sh = sharding.state_shardings(tx, params, p_sh)
   params = jax.device_put(params, p_sh)
   state = jax.jit(tx.init, out_shardings=s_sh)(params)
-  step = jax.jit(_stepper(tx, loss, extra), in_shardings=(p_sh, s_sh),
-                 out_shardings=(p_sh, s_sh))
+  step = jax.jit(
+    _stepper(tx, loss, extra),
+    in_shardings=(p_sh, s_sh),
+    out_shardings=(p_sh, s_sh),
+  )
   for _ in range(STEPS):
     params, state = step(params, state)
   for tree, shardings in ((params, p_sh), (state, s_sh)):
-    assert all(jax.tree.leaves(jax.tree.map(
-        lambda x, s: x.sharding.is_equivalent_to(s, x.ndim), tree,
-        shardings)))
+    assert all(
+      jax.tree.leaves(
+        jax.tree.map(
+          lambda x, s: x.sharding.is_equivalent_to(s, x.ndim), tree, shardings
+        )
+      )
+    )
   assert step._cache_size() == 1
   return params, state
 
@@ -158,8 +172,7 @@ def _check_against_single(entry, run, specs_fn, **overrides):
   want = _single(entry.factory(**entry.test_kwargs), params, loss, extra)
   tx = entry.factory(**{**entry.test_kwargs, **overrides})
   got = run(tx, params, loss, extra, specs_fn(params))
-  chex.assert_trees_all_close(jax.device_get(got), jax.device_get(want),
-                              **TOL)
+  chex.assert_trees_all_close(jax.device_get(got), jax.device_get(want), **TOL)
 
 
 @pytest.mark.parametrize('entry', ENTRIES)
@@ -170,8 +183,8 @@ def test_catalog_explicit_mesh_several_steps(entry):
 @pytest.mark.parametrize('entry', ENTRIES)
 def test_catalog_auto_mesh_fsdp(entry):
   _check_against_single(
-      entry, _run_auto,
-      lambda p: sharding.fsdp_specs(p, _mesh(AxisType.Auto)))
+    entry, _run_auto, lambda p: sharding.fsdp_specs(p, _mesh(AxisType.Auto))
+  )
 
 
 @pytest.mark.parametrize('entry', ENTRIES)
@@ -194,8 +207,9 @@ def test_state_shardings_match_explicit_init(entry):
 
 @pytest.mark.parametrize('name', MATRIX_METHODS)
 def test_stacked_mode_equals_single_device(name):
-  _check_against_single(catalog.get(name), _run_explicit, _mixed_specs,
-                        sharding='stacked')
+  _check_against_single(
+    catalog.get(name), _run_explicit, _mixed_specs, sharding='stacked'
+  )
 
 
 @pytest.mark.parametrize('name', MATRIX_METHODS)
@@ -203,16 +217,19 @@ def test_stacked_mode_auto_axes_with_specs(name):
   mesh = _mesh(AxisType.Auto)
   specs = sharding.fsdp_specs(_problem()[0], mesh)
   mode = sharding.MatrixSharding('stacked', mesh=mesh, specs=specs)
-  _check_against_single(catalog.get(name), _run_auto, lambda _: specs,
-                        sharding=mode)
+  _check_against_single(
+    catalog.get(name), _run_auto, lambda _: specs, sharding=mode
+  )
 
 
-@pytest.mark.parametrize('mode', ['gather', 'local',
-                                  sharding.MatrixSharding('stacked',
-                                                          axes=('model',))])
+@pytest.mark.parametrize(
+  'mode',
+  ['gather', 'local', sharding.MatrixSharding('stacked', axes=('model',))],
+)
 def test_other_modes_equal_single_device(mode):
-  _check_against_single(catalog.get('muon'), _run_explicit, _mixed_specs,
-                        sharding=mode)
+  _check_against_single(
+    catalog.get('muon'), _run_explicit, _mixed_specs, sharding=mode
+  )
 
 
 def test_stacked_mode_data_parallel_and_inject_hyperparams():
@@ -222,20 +239,27 @@ def test_stacked_mode_data_parallel_and_inject_hyperparams():
   want = _single(optimflow.muon(**kwargs), params, loss, {})
   static = catalog.get('muon').static_args
   tx = optax.inject_hyperparams(optimflow.muon, static_args=static)(
-      **kwargs, sharding='stacked')
+    **kwargs, sharding='stacked'
+  )
   got = _run_explicit(tx, params, loss, {}, sharding.replicated_specs(params))
-  chex.assert_trees_all_close(jax.device_get(got[0]),
-                              jax.device_get(want[0]), **TOL)
+  chex.assert_trees_all_close(
+    jax.device_get(got[0]), jax.device_get(want[0]), **TOL
+  )
 
 
-@pytest.mark.parametrize('count,axes', [(1, ()), (3, ('model',)),
-                                        (6, ('data', 'model')),
-                                        (16, ('data', 'model'))])
+@pytest.mark.parametrize(
+  'count,axes',
+  [(1, ()), (3, ('model',)), (6, ('data', 'model')), (16, ('data', 'model'))],
+)
 def test_group_smaller_than_mesh(count, axes):
   """Groups below the device count use fewer axes (padding), one matrix is
   gathered; the numbers never change."""
-  assert sharding._stack_axes(count, {'data': 2, 'model': 4},
-                              ('data', 'model')) == axes
+  assert (
+    sharding.matrix._stack_axes(
+      count, {'data': 2, 'model': 4}, ('data', 'model')
+    )
+    == axes
+  )
   keys = jax.random.split(jax.random.key(3), count)
   tree = [jax.random.normal(k, (16, 32)) for k in keys]
   fn = lambda x: linalg.orthogonalize(x, 3)
@@ -243,7 +267,7 @@ def test_group_smaller_than_mesh(count, axes):
   mesh = _mesh(AxisType.Explicit)
   with jax.set_mesh(mesh):
     sharded = jax.device_put(tree, NamedSharding(mesh, P('data', 'model')))
-    f = jax.jit(lambda t: linalg.map_matrices(fn, t, sharding='stacked'))
+    f = jax.jit(lambda t: linalg.map_matrices(fn, t, sharding=sharding.MatrixSharding('stacked')))
     got = f(sharded)
     assert _types(got) == _types(sharded)
     counts = sharding.collective_counts(f.lower(sharded).compile())
@@ -256,24 +280,29 @@ def test_group_smaller_than_mesh(count, axes):
 
 def test_single_device_unchanged():
   """Without a mesh every mode is the plain batched computation."""
-  tree = {'a': jnp.arange(12.0).reshape(3, 4), 'b': jnp.ones((4, 3)),
-          'c': jnp.eye(3)}
+  tree = {
+    'a': jnp.arange(12.0).reshape(3, 4),
+    'b': jnp.ones((4, 3)),
+    'c': jnp.eye(3),
+  }
   fn = lambda x: linalg.orthogonalize(x, 2)
   want = linalg.map_matrices(fn, tree)
   for mode in ('stacked', 'gather', 'local'):
     chex.assert_trees_all_equal(
-        linalg.map_matrices(fn, tree, sharding=mode), want)
+      linalg.map_matrices(fn, tree, sharding=sharding.MatrixSharding(mode)), want
+    )
 
 
 def test_unknown_stack_axes():
   mesh = _mesh(AxisType.Explicit)
   with jax.set_mesh(mesh):
-    tree = jax.device_put([jnp.ones((8, 8))] * 2,
-                          NamedSharding(mesh, P('data', 'model')))
+    tree = jax.device_put(
+      [jnp.ones((8, 8))] * 2, NamedSharding(mesh, P('data', 'model'))
+    )
     with pytest.raises(ValueError, match=r"\['expert'\] are not axes"):
       linalg.map_matrices(
-          lambda x: x, tree,
-          sharding=sharding.MatrixSharding(axes=('expert',)))
+        lambda x: x, tree, sharding=sharding.MatrixSharding(axes=('expert',))
+      )
 
 
 # --------------------------------------------------------------------------
@@ -290,9 +319,11 @@ def _compiled_muon(mode, spec, ns_steps=5, count=16, shape=(64, 64)):
     return jax.jit(tx.update).lower(tree, tx.init(tree)).compile()
 
 
-@pytest.mark.parametrize('spec,sharded_dims', [(P('data', 'model'), 2),
-                                               (P(('data', 'model')), 1)],
-                         ids=['2d', 'fsdp'])
+@pytest.mark.parametrize(
+  'spec,sharded_dims',
+  [(P('data', 'model'), 2), (P(('data', 'model')), 1)],
+  ids=['2d', 'fsdp'],
+)
 def test_stacked_collectives(spec, sharded_dims):
   stacked = _compiled_muon('stacked', spec)
   counts = sharding.collective_counts(stacked, executed=True)
@@ -303,12 +334,16 @@ def test_stacked_collectives(spec, sharded_dims):
   assert counts['all-gather'] == counts['all-reduce'] == 0
   assert counts['collective-permute'] == counts['reduce-scatter'] == 0
   # The same ops for 1 or 5 Newton-Schulz steps.
-  assert sharding.collective_counts(_compiled_muon('stacked', spec, 1)) == \
-      counts
+  assert (
+    sharding.collective_counts(_compiled_muon('stacked', spec, 1)) == counts
+  )
   moved = sum(sharding.collective_bytes(stacked, executed=True).values())
   for naive in (None, 'local'):
-    naive_bytes = sum(sharding.collective_bytes(
-        _compiled_muon(naive, spec), executed=True).values())
+    naive_bytes = sum(
+      sharding.collective_bytes(
+        _compiled_muon(naive, spec), executed=True
+      ).values()
+    )
     assert moved < naive_bytes / 2, (naive, moved, naive_bytes)
 
 
@@ -319,25 +354,34 @@ def test_gspmd_partitions_the_iteration():
   compiled = _compiled_muon('local', P('data', 'model'))
   per_run = sharding.collective_counts(compiled, executed=True)
   assert per_run['all-reduce'] >= 5  # at least once per Newton-Schulz step
-  assert per_run['all-reduce'] > sharding.collective_counts(compiled)[
-      'all-reduce']
+  assert (
+    per_run['all-reduce'] > sharding.collective_counts(compiled)['all-reduce']
+  )
 
 
 def test_collective_counts_parse_async_and_tuples():
-  hlo = '''
+  hlo = """
   %ag-start = (f32[2,4]{1,0}, f32[16,4]{1,0}) all-gather-start(%p), dims={0}
   %ag-done = f32[16,4]{1,0} all-gather-done(%ag-start)
   %ar = (f32[4]{0}, /*index=1*/bf16[8]{0}) all-reduce(%a, %b), to_apply=%add
   ROOT %a2a = f32[8,2]{1,0} all-to-all(%c), dimensions={0}
   %cp = f32[3]{0} collective-permute(%d), source_target_pairs={{0,1}}
   %f = f32[3]{0} fusion(%all-reduce.1), kind=kLoop
-  '''
+  """
   assert sharding.collective_counts(hlo) == {
-      'all-gather': 1, 'all-reduce': 1, 'all-to-all': 1,
-      'collective-permute': 1, 'reduce-scatter': 0}
+    'all-gather': 1,
+    'all-reduce': 1,
+    'all-to-all': 1,
+    'collective-permute': 1,
+    'reduce-scatter': 0,
+  }
   assert sharding.collective_bytes(hlo) == {
-      'all-gather': 256, 'all-reduce': 32, 'all-to-all': 64,
-      'collective-permute': 12, 'reduce-scatter': 0}
+    'all-gather': 256,
+    'all-reduce': 32,
+    'all-to-all': 64,
+    'collective-permute': 12,
+    'reduce-scatter': 0,
+  }
 
 
 # --------------------------------------------------------------------------
@@ -346,12 +390,21 @@ def test_collective_counts_parse_async_and_tuples():
 
 def test_fsdp_specs():
   mesh = _mesh(AxisType.Explicit)
-  tree = {'a': jnp.ones((8, 24)), 'b': jnp.ones((3, 5)), 'c': jnp.ones(()),
-          'd': jnp.ones((16, 16)), 'e': jnp.ones((4, 6))}
+  tree = {
+    'a': jnp.ones((8, 24)),
+    'b': jnp.ones((3, 5)),
+    'c': jnp.ones(()),
+    'd': jnp.ones((16, 16)),
+    'e': jnp.ones((4, 6)),
+  }
   specs = sharding.fsdp_specs(tree, mesh)
-  assert specs == {'a': P(None, ('data', 'model')), 'b': P(None, None),
-                   'c': P(), 'd': P(('data', 'model'), None),
-                   'e': P(None, None)}
+  assert specs == {
+    'a': P(None, ('data', 'model')),
+    'b': P(None, None),
+    'c': P(),
+    'd': P(('data', 'model'), None),
+    'e': P(None, None),
+  }
   assert sharding.fsdp_specs(tree, mesh, 'model')['e'] == P('model', None)
   assert sharding.fsdp_specs(tree, mesh, min_size=200)['a'] == P(None, None)
   with pytest.raises(ValueError, match="axes=.*'expert'"):
@@ -361,8 +414,10 @@ def test_fsdp_specs():
 def test_state_shardings_masked_and_missing_mesh():
   mesh = _mesh(AxisType.Auto)
   params = {'w': jnp.ones((8, 4)), 'b': jnp.ones(4)}
-  tx = optax.chain(optax.masked(optax.adam(1e-3), {'w': True, 'b': False}),
-                   optax.add_decayed_weights(1e-4))
+  tx = optax.chain(
+    optax.masked(optax.adam(1e-3), {'w': True, 'b': False}),
+    optax.add_decayed_weights(1e-4),
+  )
   specs = {'w': P('data', None), 'b': P('model')}
   sh = sharding.state_shardings(tx, params, sharding.named(mesh, specs))
   assert sh[0].inner_state[0].mu['w'].spec == P('data', None)
@@ -371,8 +426,10 @@ def test_state_shardings_masked_and_missing_mesh():
     sharding.state_shardings(tx, params, [NamedSharding(mesh, P())])
 
 
-@pytest.mark.parametrize('factory', [optimflow.muon, optimflow.auon,
-                                     optimflow.hybrid_auon, optimflow.swan])
+@pytest.mark.parametrize(
+  'factory',
+  [optimflow.muon, optimflow.auon, optimflow.hybrid_auon, optimflow.swan],
+)
 def test_bad_sharding_argument(factory):
   with pytest.raises(ValueError, match="sharding='fsdp' is not supported"):
     factory(1e-2, sharding='fsdp')

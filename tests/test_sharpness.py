@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 
 import chex
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings, strategies as st
 
 import optimflow
 from optimflow import sharpness
@@ -38,15 +40,23 @@ def _jax_loss(p):
 
 def _params(dtype=np.float64):
   rng = np.random.default_rng(0)
-  return {'dense': {'kernel': rng.normal(size=(2, 3)).astype(dtype),
-                    'bias': rng.normal(size=3).astype(dtype)}}
+  return {
+    'dense': {
+      'kernel': rng.normal(size=(2, 3)).astype(dtype),
+      'bias': rng.normal(size=3).astype(dtype),
+    }
+  }
 
 
 def _np_sam_gradient(p, rho, adaptive=False, eta=0.01):
   g = _np_loss_grad(p)
   if adaptive:
-    t = {'dense': {'kernel': np.abs(p['dense']['kernel']) + eta,
-                   'bias': np.ones(3)}}
+    t = {
+      'dense': {
+        'kernel': np.abs(p['dense']['kernel']) + eta,
+        'bias': np.ones(3),
+      }
+    }
   else:
     t = jax.tree.map(np.ones_like, p)
   tg = jax.tree.map(lambda a, b: a * b, t, g)
@@ -61,11 +71,12 @@ def test_update_equals_reference_formula_float64(adaptive):
     p = _params()
     rho = 0.3 if adaptive else 0.05
     expected, _ = _np_sam_gradient(p, rho, adaptive=adaptive)
-    tx = optimflow.sam(rho, adaptive=adaptive, eta=0.01)
+    tx = optimflow.scale_by_sam(rho, adaptive=adaptive, eta=0.01)
     params = jax.tree.map(jnp.asarray, p)
     grads = jax.grad(_jax_loss)(params)
     got, _ = jax.jit(functools.partial(tx.update, grad_fn=jax.grad(_jax_loss)))(
-        grads, tx.init(params), params)
+      grads, tx.init(params), params
+    )
     assert jax.tree.leaves(got)[0].dtype == jnp.float64
     chex.assert_trees_all_close(got, expected, rtol=0, atol=1e-10)
 
@@ -74,10 +85,12 @@ def test_asam_alias_is_adaptive_sam():
   params = jax.tree.map(jnp.asarray, _params(np.float32))
   grads = jax.grad(_jax_loss)(params)
   kw = dict(grad_fn=jax.grad(_jax_loss))
-  a, _ = optimflow.asam(0.5, eta=0.02).update(grads, optax.EmptyState(),
-                                               params, **kw)
-  b, _ = optimflow.sam(0.5, adaptive=True, eta=0.02).update(
-      grads, optax.EmptyState(), params, **kw)
+  a, _ = optimflow.scale_by_asam(0.5, eta=0.02).update(
+    grads, optax.EmptyState(), params, **kw
+  )
+  b, _ = optimflow.scale_by_sam(0.5, adaptive=True, eta=0.02).update(
+    grads, optax.EmptyState(), params, **kw
+  )
   chex.assert_trees_all_equal(a, b)
 
 
@@ -90,13 +103,23 @@ def test_bias_gets_unit_scale_and_mask_overrides_it():
   np.testing.assert_allclose(e['kernel'], [4 / n, 0.25 / n], rtol=1e-6)
   np.testing.assert_allclose(e['bias'], [1 / n], rtol=1e-6)
   everything = optimflow.sam_perturbation(
-      grads, params, 1.0, adaptive=True, eta=0.0,
-      adaptive_mask=lambda path, leaf: True)
+    grads,
+    params,
+    1.0,
+    adaptive=True,
+    eta=0.0,
+    adaptive_mask=lambda path, leaf: True,
+  )
   n = np.sqrt(4 + 0.25 + 9)
   np.testing.assert_allclose(everything['bias'], [9 / n], rtol=1e-6)
   as_tree = optimflow.sam_perturbation(
-      grads, params, 1.0, adaptive=True, eta=0.0,
-      adaptive_mask={'kernel': True, 'bias': True})
+    grads,
+    params,
+    1.0,
+    adaptive=True,
+    eta=0.0,
+    adaptive_mask={'kernel': True, 'bias': True},
+  )
   chex.assert_trees_all_close(as_tree, everything)
 
 
@@ -104,11 +127,13 @@ def test_equals_optax_contrib_sam_opaque_mode():
   """Five steps of SAM + SGD(momentum) equal optax.contrib.sam's (opaque)."""
   with jax.enable_x64(True):
     rho, lr = 0.05, 0.1
-    ours = optax.chain(optimflow.sam(rho), optax.sgd(lr, momentum=0.9))
+    ours = optax.chain(optimflow.scale_by_sam(rho), optax.sgd(lr, momentum=0.9))
     theirs = optax.contrib.sam(
-        optax.sgd(lr, momentum=0.9),
-        optax.chain(optax.contrib.normalize(), optax.sgd(rho)),
-        sync_period=2, opaque_mode=True)
+      optax.sgd(lr, momentum=0.9),
+      optax.chain(optax.contrib.normalize(), optax.sgd(rho)),
+      sync_period=2,
+      opaque_mode=True,
+    )
     p1 = p2 = jax.tree.map(jnp.asarray, _params())
     s1, s2 = ours.init(p1), theirs.init(p2)
     grad = jax.grad(_jax_loss)
@@ -120,7 +145,8 @@ def test_equals_optax_contrib_sam_opaque_mode():
 
 
 _tree_strategy = st.lists(
-    st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=6, max_size=6)
+  st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=6, max_size=6
+)
 
 
 @settings(max_examples=30, deadline=None)
@@ -132,23 +158,39 @@ def test_perturbation_has_norm_rho(g, w, rho):
   def check(e, scale, tg_norm):
     """||e / scale|| = rho when ||T g|| is above the eps floor; never more."""
     scaled = jax.tree.map(lambda a, b: a / b, e, scale)
-    n = float(np.sqrt(sum(np.sum(np.square(x, dtype=np.float64))
-                          for x in jax.tree.leaves(scaled))))
+    n = float(
+      np.sqrt(
+        sum(
+          np.sum(np.square(x, dtype=np.float64))
+          for x in jax.tree.leaves(scaled)
+        )
+      )
+    )
     if tg_norm > 1e-6:
       np.testing.assert_allclose(n, rho, rtol=1e-4)
     else:  # floored norm (1e-12) or float32 underflow: shorter, finite
       assert n <= rho * (1 + 1e-5)
 
   ones = jax.tree.map(jnp.ones_like, params)
-  check(optimflow.sam_perturbation(grads, params, rho), ones,
-        float(np.linalg.norm(np.asarray(g, np.float64))))
+  check(
+    optimflow.sam_perturbation(grads, params, rho),
+    ones,
+    float(np.linalg.norm(np.asarray(g, np.float64))),
+  )
   # ASAM: the neighbourhood is ||T^{-1} e|| = rho.
   eta = 0.01
   t = {'kernel': jnp.abs(params['kernel']) + eta, 'bias': jnp.ones(2)}
-  tg = np.concatenate([np.asarray(t['kernel'] * grads['kernel']).ravel(),
-                       np.asarray(grads['bias'])]).astype(np.float64)
-  check(optimflow.sam_perturbation(grads, params, rho, adaptive=True, eta=eta),
-        t, float(np.linalg.norm(tg)))
+  tg = np.concatenate(
+    [
+      np.asarray(t['kernel'] * grads['kernel']).ravel(),
+      np.asarray(grads['bias']),
+    ]
+  ).astype(np.float64)
+  check(
+    optimflow.sam_perturbation(grads, params, rho, adaptive=True, eta=eta),
+    t,
+    float(np.linalg.norm(tg)),
+  )
 
 
 @pytest.mark.parametrize('adaptive', [False, True])
@@ -158,7 +200,7 @@ def test_zero_gradient_gives_zero_perturbation(adaptive):
   e = optimflow.sam_perturbation(zeros, params, 0.1, adaptive=adaptive)
   chex.assert_trees_all_equal(e, zeros)
   seen = []
-  tx = optimflow.sam(0.1, adaptive=adaptive)
+  tx = optimflow.scale_by_sam(0.1, adaptive=adaptive)
 
   def grad_fn(p):
     seen.append(p)
@@ -172,9 +214,12 @@ def test_zero_gradient_gives_zero_perturbation(adaptive):
 def test_updates_keep_gradient_dtype():
   params = {'w': jnp.ones(3, jnp.bfloat16)}
   grads = {'w': jnp.array([1.0, -2.0, 3.0], jnp.bfloat16)}
-  u, _ = optimflow.sam(0.1).update(
-      grads, optax.EmptyState(), params,
-      grad_fn=lambda p: {'w': p['w'].astype(jnp.float32) * 2})
+  u, _ = optimflow.scale_by_sam(0.1).update(
+    grads,
+    optax.EmptyState(),
+    params,
+    grad_fn=lambda p: {'w': p['w'].astype(jnp.float32) * 2},
+  )
   assert u['w'].dtype == jnp.bfloat16
 
 
@@ -183,19 +228,22 @@ def test_weight_decay_after_sam_is_not_in_the_perturbation():
   loss = lambda p: jnp.sum(p['w'] ** 4)
   grads = jax.grad(loss)(params)
   wd = 0.1
-  tx = optax.chain(optimflow.sam(0.2), optax.add_decayed_weights(wd))
+  tx = optax.chain(optimflow.scale_by_sam(0.2), optax.add_decayed_weights(wd))
   u, _ = tx.update(grads, tx.init(params), params, grad_fn=jax.grad(loss))
   e = optimflow.sam_perturbation(grads, params, 0.2)
   expected = jax.grad(loss)({'w': params['w'] + e['w']})['w'] + wd * params['w']
   np.testing.assert_allclose(u['w'], expected, rtol=1e-6)
 
 
-def test_sam_sgd_is_the_documented_chain():
+def test_sam_is_the_documented_chain():
   params = jax.tree.map(jnp.asarray, _params(np.float32))
   grad = jax.grad(_jax_loss)
-  a = optimflow.sam_sgd(0.1, rho=0.05, momentum=0.9, weight_decay=1e-3)
-  b = optax.chain(optimflow.sam(0.05), optax.add_decayed_weights(1e-3),
-                  optax.sgd(0.1, momentum=0.9))
+  a = optimflow.sam(0.1, rho=0.05, momentum=0.9, weight_decay=1e-3)
+  b = optax.chain(
+    optimflow.scale_by_sam(0.05),
+    optax.add_decayed_weights(1e-3),
+    optax.sgd(0.1, momentum=0.9),
+  )
   sa, sb = a.init(params), b.init(params)
   for _ in range(3):
     ua, sa = a.update(grad(params), sa, params, grad_fn=grad)
@@ -224,26 +272,32 @@ def _regression():
 def test_m_sharpness_with_m_equal_batch_is_plain_sam(adaptive):
   params, batch, loss = _regression()
   grad = jax.grad(loss)
-  tx = optimflow.sam(0.1, adaptive=adaptive)
-  expected, _ = tx.update(grad(params, batch), tx.init(params), params,
-                          grad_fn=lambda p: grad(p, batch))
+  tx = optimflow.scale_by_sam(0.1, adaptive=adaptive)
+  expected, _ = tx.update(
+    grad(params, batch),
+    tx.init(params),
+    params,
+    grad_fn=lambda p: grad(p, batch),
+  )
   for m in (None, 8):
-    got = optimflow.sam_gradient(loss, params, batch, 0.1, m=m,
-                                 adaptive=adaptive)
+    got = optimflow.sam_gradient(
+      loss, params, batch, 0.1, m=m, adaptive=adaptive
+    )
     chex.assert_trees_all_close(got, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_m_sharpness_averages_per_chunk_sam_gradients():
   params, batch, loss = _regression()
   grad = jax.grad(loss)
-  chunks = [jax.tree.map(lambda x: x[i:i + 2], batch) for i in range(0, 8, 2)]
+  chunks = [jax.tree.map(lambda x: x[i : i + 2], batch) for i in range(0, 8, 2)]
   per_chunk = []
   for c in chunks:
     e = optimflow.sam_perturbation(grad(params, c), params, 0.1)
     per_chunk.append(grad(jax.tree.map(jnp.add, params, e), c))
   expected = jax.tree.map(lambda *g: sum(g) / 4, *per_chunk)
   got = jax.jit(lambda p: optimflow.sam_gradient(loss, p, batch, 0.1, m=2))(
-      params)
+    params
+  )
   chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-7)
   whole = optimflow.sam_gradient(loss, params, batch, 0.1)
   assert not np.allclose(got['kernel'], whole['kernel'], rtol=1e-3)
@@ -276,7 +330,8 @@ def test_output_bank_returns_logits_from_e_tilde_epochs_ago(e_tilde):
     for ids in (np.array([4, 0, 2]), np.array([1, 5, 3])):  # two batches
       if epoch >= e_tilde:
         np.testing.assert_array_equal(
-            reference(bank, ids, epoch), history[epoch - e_tilde][ids])
+          reference(bank, ids, epoch), history[epoch - e_tilde][ids]
+        )
       z = rng.normal(size=(3, c)).astype(np.float32)
       history.setdefault(epoch, np.zeros((n, c), np.float32))[ids] = z
       bank = record(bank, ids, epoch, z)
@@ -295,8 +350,9 @@ def test_output_bank_holds_per_position_logits():
 
 def test_output_bank_rejects_out_of_range_ids():
   bank = optimflow.OutputBank.create(5, 3)
-  with pytest.raises(IndexError,
-                     match=r'out of the output bank range \[0, 5\)'):
+  with pytest.raises(
+    IndexError, match=r'out of the output bank range \[0, 5\)'
+  ):
     bank.reference(jnp.array([1, 5]), 3)
   with pytest.raises(IndexError, match=r'got \[-1\]'):
     bank.record(np.array([-1, 0]), 0, jnp.zeros((2, 3)))
@@ -323,10 +379,12 @@ def test_trajectory_kl_equals_formula_and_stops_reference_gradient():
   got = optimflow.trajectory_kl(jnp.asarray(z), jnp.asarray(ref), tau)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
   d_ref = jax.grad(lambda r: optimflow.trajectory_kl(jnp.asarray(z), r, tau))(
-      jnp.asarray(ref))
+    jnp.asarray(ref)
+  )
   chex.assert_trees_all_equal(d_ref, jnp.zeros_like(d_ref))
   d_z = jax.grad(lambda x: optimflow.trajectory_kl(x, jnp.asarray(ref), tau))(
-      jnp.asarray(z))
+    jnp.asarray(z)
+  )
   np.testing.assert_allclose(d_z, tau * (q - p) / 5, rtol=1e-4, atol=1e-7)
 
 
@@ -354,14 +412,16 @@ def test_param_ema_matches_its_recurrence_and_passes_updates():
   ref_state = ref_tx.init(params)
   rng = np.random.default_rng(0)
   for _ in range(6):
-    g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape),
-                                           jnp.float32), params)
+    g = jax.tree.map(
+      lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params
+    )
     u, state = jax.jit(tx.update)(g, state, params)
     ref_u, ref_state = ref_tx.update(g, ref_state, params)
     chex.assert_trees_all_close(u, ref_u)  # updates unchanged
     params = optax.apply_updates(params, u)
-    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * np.asarray(p),
-                       ema, params)
+    ema = jax.tree.map(
+      lambda e, p: decay * e + (1 - decay) * np.asarray(p), ema, params
+    )
     chex.assert_trees_all_close(optax.tree.get(state, 'ema'), ema, rtol=1e-6)
   assert int(optax.tree.get(state, 'count')) == 6
 
@@ -378,31 +438,43 @@ def test_param_ema_with_dtype_and_without_params():
 # Bad input.
 
 
-@pytest.mark.parametrize('factory,kwargs,match', [
-    (optimflow.sam, dict(rho=0.0), r'rho=0.0 is out of range'),
-    (optimflow.sam, dict(rho=-1.0), r'rho=-1.0 is out of range'),
-    (optimflow.sam, dict(rho=0.1, eta=-0.01), r'eta=-0.01'),
-    (optimflow.sam, dict(rho=0.1, eps=0.0), r'eps=0.0'),
-    (optimflow.asam, dict(rho=0.0), r'rho=0.0'),
-    (optimflow.sam_sgd, dict(learning_rate=0.1, rho=-0.5), r'rho=-0.5'),
-    (optimflow.sam_sgd, dict(learning_rate=0.1, momentum=1.0), r'momentum=1.0'),
+@pytest.mark.parametrize(
+  'factory,kwargs,match',
+  [
+    (optimflow.scale_by_sam, dict(rho=0.0), r'rho=0.0 is out of range'),
+    (optimflow.scale_by_sam, dict(rho=-1.0), r'rho=-1.0 is out of range'),
+    (optimflow.scale_by_sam, dict(rho=0.1, eta=-0.01), r'eta=-0.01'),
+    (optimflow.scale_by_sam, dict(rho=0.1, eps=0.0), r'eps=0.0'),
+    (optimflow.scale_by_asam, dict(rho=0.0), r'rho=0.0'),
+    (optimflow.sam, dict(learning_rate=0.1, rho=-0.5), r'rho=-0.5'),
+    (optimflow.sam, dict(learning_rate=0.1, momentum=1.0), r'momentum=1.0'),
     (optimflow.param_ema, dict(decay=1.0), r'decay=1.0 .* \[0, 1\)'),
     (optimflow.param_ema, dict(decay=-0.1), r'decay=-0.1'),
-    (optimflow.trajectory_kl,
-     dict(logits=jnp.zeros((1, 2)), reference_logits=jnp.zeros((1, 2)),
-          temperature=0.0), r'temperature=0.0'),
-])
+    (
+      optimflow.trajectory_kl,
+      dict(
+        logits=jnp.zeros((1, 2)),
+        reference_logits=jnp.zeros((1, 2)),
+        temperature=0.0,
+      ),
+      r'temperature=0.0',
+    ),
+  ],
+)
 def test_bad_hyperparameters_raise(factory, kwargs, match):
   with pytest.raises(ValueError, match=match):
     factory(**kwargs)
 
 
-@pytest.mark.parametrize('tx', [
-    optimflow.sam(0.1), optimflow.asam(), optimflow.sam_sgd(0.1)])
+@pytest.mark.parametrize(
+  'tx',
+  [optimflow.scale_by_sam(0.1), optimflow.scale_by_asam(), optimflow.sam(0.1)],
+)
 def test_missing_grad_fn_names_the_keyword_and_how_to_build_it(tx):
   params = {'w': jnp.ones(2)}
-  with pytest.raises(ValueError,
-                     match='needs the keyword argument grad_fn') as e:
+  with pytest.raises(
+    ValueError, match='needs the keyword argument grad_fn'
+  ) as e:
     tx.update(params, tx.init(params), params)
   assert 'jax.grad(loss_fn)(p, batch)' in str(e.value)
   assert 'optimflow.nnx.grad_fn' in str(e.value)
@@ -411,10 +483,12 @@ def test_missing_grad_fn_names_the_keyword_and_how_to_build_it(tx):
 def test_inject_hyperparams_traces_rho_without_error():
   params = jax.tree.map(jnp.asarray, _params(np.float32))
   grad = jax.grad(_jax_loss)
-  tx = optax.inject_hyperparams(sharpness.sam)(rho=0.05)
+  tx = optax.inject_hyperparams(sharpness.scale_by_sam)(rho=0.05)
   u, state = jax.jit(functools.partial(tx.update, grad_fn=grad))(
-      grad(params), tx.init(params), params)
-  expected, _ = sharpness.sam(0.05).update(grad(params), optax.EmptyState(),
-                                           params, grad_fn=grad)
+    grad(params), tx.init(params), params
+  )
+  expected, _ = sharpness.scale_by_sam(0.05).update(
+    grad(params), optax.EmptyState(), params, grad_fn=grad
+  )
   chex.assert_trees_all_close(u, expected, rtol=1e-6)
   assert float(optax.tree.get(state, 'rho')) == pytest.approx(0.05)

@@ -1,15 +1,15 @@
-"""Smoke run of examples/sharpness.py: outputs, pass counts, finite measures."""
+"""Smoke run of optimflow.lab.examples.sharpness: outputs, pass counts, finite measures."""
 
 import json
 import math
 
+from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from examples import sharpness as study
-from optimflow import tasks
+from optimflow.lab import tasks
+from optimflow.lab.examples import sharpness as study
 
 
 @pytest.fixture(scope='module')
@@ -24,23 +24,36 @@ def test_outputs_written(results):
   saved = json.loads((out / 'results.json').read_text())
   assert saved['smoke'] is True
   assert [r['method'] for r in saved['summary']] == [
-      m.name for m in study.methods(study.SMOKE)]
+    m.name for m in study.methods(study.SMOKE)
+  ]
   assert saved['claims'] == res['claims']
 
 
 def test_passes_per_step_are_counted_from_the_traced_step(results):
-  passes = {r['method'].split()[0]: (r['passes'], r['extra_fwd'])
-            for r in results[0]['summary']}
-  assert passes == {'sgd': (1, 0), 'sam': (2, 0), 'asam': (2, 0),
-                    'saf': (1, 0), 'mesa': (1, 1)}
+  passes = {
+    r['method'].split()[0]: (r['passes'], r['extra_fwd'])
+    for r in results[0]['summary']
+  }
+  assert passes == {
+    'sgd': (1, 0),
+    'sam': (2, 0),
+    'asam': (2, 0),
+    'saf': (1, 0),
+    'mesa': (1, 1),
+  }
 
 
 def test_measures_are_finite_and_training_progressed(results):
+  assert {r['method'] for r in results[0]['rows']} == {
+    m.name for m in study.methods(study.SMOKE)
+  }  # every method measured: the loop below is not vacuous
   for row in results[0]['rows']:
-    for key in ('test_acc', 'lambda_max', 'avg_l2', 'worst_linf',
-                'train_loss'):
+    for key in ('test_acc', 'lambda_max', 'avg_l2', 'worst_linf', 'train_loss'):
       assert math.isfinite(row[key]), (row['method'], key)
-    assert row['worst_linf'] >= 0
+    # The ascent starts at u = 0 and returns the best value seen, so >= 0
+    # holds by construction; a trained net is not at a maximum of the batch
+    # loss inside the box, so the search must find a strict increase.
+    assert row['worst_linf'] > 0, row['method']
     assert row['lambda_max'] > 0
     assert row['curve'][-1] < row['curve'][0] or row['reached']
     assert row['test_acc'] > 0.5
@@ -69,13 +82,19 @@ def test_saf_trainer_fills_the_bank_and_checks_ids_on_the_host():
 
 
 def test_step_time_benchmark_rows():
-  from benchmarks import sharpness_step_time as bench  # pylint: disable=g-import-not-at-top
+  from optimflow.lab.bench import sharpness as bench  # pylint: disable=g-import-not-at-top
 
-  rows = bench.run(reps=1, steps=2, batches=(16,), charlm_batch=0,
-                   cfg=study.SMOKE)
+  rows = bench.run(
+    reps=1, steps=2, batches=(16,), charlm_batch=0, cfg=study.SMOKE
+  )
   names = [r['method'] for r in rows]
   assert names[0] == 'sgd' and rows[0]['x sgd'] == 1.0
   assert 'saf lam=.3 (ids checked in jit)' in names
   assert {r['method'].split()[0]: r['fwd+bwd/step'] for r in rows} == {
-      'sgd': 1, 'sam': 2, 'asam': 2, 'saf': 1, 'mesa': 1}
+    'sgd': 1,
+    'sam': 2,
+    'asam': 2,
+    'saf': 1,
+    'mesa': 1,
+  }
   assert all(r['ms/step'] > 0 for r in rows)

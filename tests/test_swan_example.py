@@ -1,15 +1,15 @@
-"""Smoke run of examples/swan.py: outputs, and SWAN's memory claims hold."""
+"""Smoke run of optimflow.lab.examples.swan: outputs, and SWAN's memory claims hold."""
 
 import json
 import math
 
+from flax import nnx
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 import optimflow
-from examples import swan
+from optimflow.lab.examples import swan
 
 
 @pytest.fixture(scope='module')
@@ -43,16 +43,19 @@ def test_every_method_learns(results):
   # or before.
   adam = _row(res['rows'], 'adam')
   assert adam['tokens to adam final'] <= swan.SMOKE.steps * (
-      swan.SMOKE.tokens_per_step)
+    swan.SMOKE.tokens_per_step
+  )
 
 
 def _non_matrix_bytes(cfg):
   model = swan.make_model(cfg)
   params = nnx.as_pure(nnx.state(model, nnx.Param))
   labels = optimflow.orthogonal.matrix_labels()(params)
-  return sum(x.nbytes for x, lab in zip(jax.tree.leaves(params),
-                                        jax.tree.leaves(labels))
-             if lab == 'other')
+  return sum(
+    x.nbytes
+    for x, lab in zip(jax.tree.leaves(params), jax.tree.leaves(labels))
+    if lab == 'other'
+  )
 
 
 def test_swan_state_is_adamw_on_non_matrix_leaves_only(results):
@@ -60,10 +63,12 @@ def test_swan_state_is_adamw_on_non_matrix_leaves_only(results):
   mem = {r['method']: r for r in res['memory']}
   other = _non_matrix_bytes(swan.SMOKE) / 2**20
   # SWAN: nothing on the hidden matrices; AdamW's two moments on the rest.
-  np.testing.assert_allclose(mem['swan']['opt state MiB'], 2 * other,
-                             rtol=1e-3)
+  np.testing.assert_allclose(mem['swan']['opt state MiB'], 2 * other, rtol=1e-3)
   # Adam: two moments of everything; Muon: one more moment per matrix.
   np.testing.assert_allclose(mem['adam']['state / params'], 2.0, rtol=1e-3)
-  assert (mem['swan']['opt state MiB'] < mem['muon']['opt state MiB']
-          < mem['adam']['opt state MiB'])
+  assert (
+    mem['swan']['opt state MiB']
+    < mem['muon']['opt state MiB']
+    < mem['adam']['opt state MiB']
+  )
   assert mem['swan']['peak / adam'] < 1.0

@@ -1,17 +1,17 @@
-"""Tests of optimflow.tasks: digits data and models, synthetic problems, fit."""
+"""Tests of optimflow.lab.tasks: digits data and models, synthetic problems, fit."""
 
 import json
 
 import chex
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
 import optimflow
-from optimflow import tasks
+from optimflow.lab import tasks
 
 
 @pytest.fixture(scope='module')
@@ -78,10 +78,12 @@ def test_cnn_conv_kernels_are_scale_invariant(data):
 def test_loss_and_accuracy_helpers():
   logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [5.0, 0.0]])
   labels = jnp.array([0, 0, 0])
-  expected = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(1.0)),
-                      np.log1p(np.exp(-5.0))])
-  np.testing.assert_allclose(tasks.cross_entropy(logits, labels), expected,
-                             rtol=1e-6)
+  expected = np.mean(
+    [np.log1p(np.exp(-2.0)), np.log1p(np.exp(1.0)), np.log1p(np.exp(-5.0))]
+  )
+  np.testing.assert_allclose(
+    tasks.cross_entropy(logits, labels), expected, rtol=1e-6
+  )
   np.testing.assert_allclose(tasks.accuracy(logits, labels), 2 / 3)
 
 
@@ -117,8 +119,16 @@ def test_batches_cover_each_epoch_once():
 def _run(data, seed=0, tx=None, steps=40, **kwargs):
   model = tasks.MLP((64,), rngs=nnx.Rngs(0))
   tx = tx or optax.adam(3e-3)
-  return tasks.fit(model, tx, data, steps=steps, batch_size=64, seed=seed,
-                   progress=False, **kwargs)
+  return tasks.fit(
+    model,
+    tx,
+    data,
+    steps=steps,
+    batch_size=64,
+    seed=seed,
+    progress=False,
+    **kwargs,
+  )
 
 
 def test_fit_decreases_loss_and_records(data):
@@ -169,8 +179,9 @@ def _ascent_then_grad(rho=0.05):
   def update(grads, state, params=None, *, grad_fn, **extra):
     del extra
     norm = optax.tree.norm(grads)
-    perturbed = jax.tree.map(lambda p, g: p + rho * g / (norm + 1e-12),
-                             params, grads)
+    perturbed = jax.tree.map(
+      lambda p, g: p + rho * g / (norm + 1e-12), params, grads
+    )
     return grad_fn(perturbed), state
 
   return optax.GradientTransformationExtraArgs(init, update)
@@ -183,8 +194,7 @@ def test_params_grad_fn_matches_nnx_grad_and_keeps_batch_stats(data):
   grad_fn = tasks.grad_fn_builder()(model, (x, y))
   got = grad_fn(nnx.as_pure(nnx.state(model, nnx.Param)))
   chex.assert_trees_all_equal(nnx.state(model, nnx.BatchStat), stats_before)
-  want = nnx.as_pure(nnx.state(nnx.grad(tasks.loss_fn)(model, x, y),
-                               nnx.Param))
+  want = nnx.as_pure(nnx.state(nnx.grad(tasks.loss_fn)(model, x, y), nnx.Param))
   chex.assert_trees_all_close(got, want, atol=1e-6)
 
 
@@ -197,11 +207,14 @@ def test_fit_passes_grad_fn_to_extra_args_methods(data):
     _run(data, tx=tx, steps=2)
 
 
-@pytest.mark.parametrize('kwargs, match', [
+@pytest.mark.parametrize(
+  'kwargs, match',
+  [
     (dict(steps=0), 'steps'),
     (dict(steps=5, batch_size=0), 'batch_size'),
     (dict(steps=5, eval_every=0), 'eval_every'),
-])
+  ],
+)
 def test_fit_rejects_bad_arguments(data, kwargs, match):
   model = tasks.MLP((8,), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=match):

@@ -340,4 +340,3 @@ def get(name: str) -> Method:
     raise KeyError(
       f'unknown method {name!r}; catalog methods: {", ".join(names())}'
     ) from None
-

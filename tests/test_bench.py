@@ -240,4 +240,9 @@ def test_apply_mode_times_a_training_step(tmp_path, capsys):
   )
   assert 'timed: update + `apply_updates`' in capsys.readouterr().out
   rows = {r['case'] for r in res['trees'][0]['rows']}
-  assert rows == {'lion', 'optax.lion', 'sgd_with_param_ema', 'optax.sgd_momentum'}
+  assert rows == {
+    'lion',
+    'optax.lion',
+    'sgd_with_param_ema',
+    'optax.sgd_momentum',
+  }

@@ -222,5 +222,14 @@ def test_sharpness_bad_input():
 
 def test_checkpoints_follow_the_apgd_schedule():
   # p = 0, .22, .41, .57, .70, .80, .87, .93, .99 (x 100, rounded up)
-  assert diagnostics.measures._checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+  assert diagnostics.measures._checkpoints(100) == [
+    22,
+    41,
+    57,
+    70,
+    80,
+    87,
+    93,
+    99,
+  ]
   assert diagnostics.measures._checkpoints(20) == [5, 9, 12, 14, 16, 18, 19, 20]

@@ -36,7 +36,9 @@ def _run(tx, steps=60):
 def test_catalog_name_is_the_public_factory(entry):
   assert entry.factory.__name__ == entry.name
   assert getattr(optimflow, entry.name) is entry.factory
-  assert 'learning_rate' == next(iter(inspect.signature(entry.factory).parameters))
+  assert 'learning_rate' == next(
+    iter(inspect.signature(entry.factory).parameters)
+  )
 
 
 @pytest.mark.parametrize(

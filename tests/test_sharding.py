@@ -267,7 +267,11 @@ def test_group_smaller_than_mesh(count, axes):
   mesh = _mesh(AxisType.Explicit)
   with jax.set_mesh(mesh):
     sharded = jax.device_put(tree, NamedSharding(mesh, P('data', 'model')))
-    f = jax.jit(lambda t: linalg.map_matrices(fn, t, sharding=sharding.MatrixSharding('stacked')))
+    f = jax.jit(
+      lambda t: linalg.map_matrices(
+        fn, t, sharding=sharding.MatrixSharding('stacked')
+      )
+    )
     got = f(sharded)
     assert _types(got) == _types(sharded)
     counts = sharding.collective_counts(f.lower(sharded).compile())
@@ -289,7 +293,8 @@ def test_single_device_unchanged():
   want = linalg.map_matrices(fn, tree)
   for mode in ('stacked', 'gather', 'local'):
     chex.assert_trees_all_equal(
-      linalg.map_matrices(fn, tree, sharding=sharding.MatrixSharding(mode)), want
+      linalg.map_matrices(fn, tree, sharding=sharding.MatrixSharding(mode)),
+      want,
     )
 
 

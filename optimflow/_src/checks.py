@@ -64,10 +64,9 @@ def check_interval(
   ok = ok and (x < high if high_open else x <= high)
   if not ok:
     left = '(' if low_open else '['
-    right = ')' if high_open or math.isinf(high) else ']'
-    left = '(' if math.isinf(low) else left
+    right = ')' if high_open else ']'
     raise ValueError(
-      f'{name}={value!r} is out of range: {name} must lie in '
+      f'{name}={value!r} is out of range: {name} must be finite and lie in '
       f'{left}{low:g}, {high:g}{right}.'
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import re
 
@@ -15,16 +14,6 @@ from optimflow import catalog
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / 'README.md'
-
-
-def _load_tool():
-  # tools/ is not installed (CI tests the installed package): load by path.
-  spec = importlib.util.spec_from_file_location(
-    'update_readme', ROOT / 'tools' / 'update_readme.py'
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_names_unique_and_lookup():
@@ -63,18 +52,6 @@ def test_catalog_is_data_only():
   # Rendering the table is tools/update_readme.py's job.
   for name in ('markdown_table', 'update_readme'):
     assert not hasattr(catalog, name), name
-
-
-def test_readme_table_is_current():
-  from optimflow.lab import report
-
-  tool = _load_tool()
-  assert report.update_readme_section(
-    str(README), 'methods', tool.methods_table(), check=True
-  ), 'README method table is stale: run `python tools/update_readme.py`'
-  text = README.read_text()
-  for entry in catalog.METHODS:
-    assert f'| `optimflow.{entry.name}` |' in text
 
 
 def test_readme_is_short_and_links_the_rest():

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from optimflow import catalog
 from optimflow.lab import report
 from optimflow.lab import results
 from optimflow.lab import runs as compare
@@ -224,3 +225,12 @@ def test_update_readme_runs_as_a_script_from_anywhere(tmp_path):
   assert proc.returncode == 1, proc.stderr
   assert f'{readme}: method table stale' in proc.stdout
   assert readme.read_text() == before
+
+
+def test_readme_table_is_current():
+  assert report.update_readme_section(
+    str(ROOT / 'README.md'), 'methods', tool.methods_table(), check=True
+  ), 'README method table is stale: run `python tools/update_readme.py`'
+  text = (ROOT / 'README.md').read_text()
+  for entry in catalog.METHODS:
+    assert f'| `optimflow.{entry.name}` |' in text

@@ -41,10 +41,8 @@ def _sam_step(tx, scope, traced):
   return step
 
 
-@pytest.mark.parametrize('steps', [1, 5])
-def test_sam_under_scan_counts_two_per_step(steps):
-  tx = optimflow.sam(0.1, rho=0.05)
-  evals, traced = counting.GradEvals(), [0]
+def _scanned_sam(tx, evals, traced, steps):
+  """A jitted run of ``steps`` SAM steps under ``lax.scan``, with its count."""
 
   @jax.jit
   def train(w):
@@ -53,6 +51,16 @@ def test_sam_under_scan_counts_two_per_step(steps):
     body = lambda carry, _: (step(*carry), None)
     (w, _), _ = jax.lax.scan(body, (w, tx.init(w)), length=steps)
     return w, scope.count()
+
+  return train
+
+
+@pytest.mark.parametrize('steps', [1, 5])
+def test_sam_under_scan_counts_two_per_step(steps):
+  tx = optimflow.sam(0.1, rho=0.05)
+  evals, traced = counting.GradEvals(), [0]
+
+  train = _scanned_sam(tx, evals, traced, steps)
 
   w, n = train(jnp.zeros(3))
   assert evals.add(n) == 2 * steps
@@ -166,13 +174,7 @@ def test_without_refs_a_host_callback_counts(monkeypatch):
   tx = optimflow.sam(0.1, rho=0.05)
   evals, traced = counting.GradEvals(), [0]
 
-  @jax.jit
-  def train(w):
-    scope = evals.scope()
-    step = _sam_step(tx, scope, traced)
-    body = lambda carry, _: (step(*carry), None)
-    (w, _), _ = jax.lax.scan(body, (w, tx.init(w)), length=steps)
-    return w, scope.count()
+  train = _scanned_sam(tx, evals, traced, steps)
 
   w, n = train(jnp.zeros(3))
   jax.block_until_ready(w)
